@@ -1,0 +1,48 @@
+"""The one place that builds and wires everything from settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import OperationalError
+
+from maild.clock import Clock, SystemClock
+from maild.config import Settings
+from maild.db import migrate
+from maild.db.session import Database, make_engine
+from maild.errors import TemporaryFailure
+from maild.numbering import Numbering
+from maild.pipeline.process import Processor
+
+
+class SchemaOutOfDate(TemporaryFailure):
+    """The database schema is older than this maild; `maild db upgrade` fixes it."""
+
+
+@dataclass
+class App:
+    settings: Settings
+    clock: Clock = field(default_factory=SystemClock)
+
+    def __post_init__(self) -> None:
+        self.db = Database(
+            make_engine(
+                self.settings.database.url,
+                busy_timeout_ms=self.settings.database.sqlite_busy_timeout_ms,
+            )
+        )
+        self.numbering = Numbering(self.settings.tickets)
+        self.processor = Processor(self.db, self.settings, self.clock)
+
+    def prepare_schema(self) -> None:
+        """Upgrade embedded SQLite on start; PostgreSQL is upgraded by the operator."""
+        try:
+            if self.db.engine.dialect.name == "sqlite":
+                migrate.upgrade(self.db.engine)
+            elif not migrate.is_up_to_date(self.db.engine):
+                raise SchemaOutOfDate("the database schema is not current: run `maild db upgrade`")
+        except OperationalError as exc:
+            raise TemporaryFailure(f"database unavailable: {exc.orig}") from exc
+
+    def close(self) -> None:
+        self.db.dispose()

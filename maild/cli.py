@@ -1,0 +1,248 @@
+"""Thin commands: parse arguments, call the app, map outcomes to sysexits codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TextIO
+
+from maild import daemon, logs, spool, views
+from maild.app import App
+from maild.config import load_settings
+from maild.db import migrate
+from maild.db.models import SpoolEntry
+from maild.errors import ConfigError, TemporaryFailure
+from maild.pipeline.parse_ahead import ParseAhead
+from maild.pipeline.process import Parsed
+from maild.receive.ingest import MissingInput, check_inputs, read_inputs
+from maild.types import Envelope
+
+EX_OK = 0
+EX_USAGE = 64
+EX_NOINPUT = 66
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="config.toml (default: $MAILD_CONFIG, ./config.toml)")
+
+    parser = argparse.ArgumentParser(
+        prog="maild", description="Email-to-ticket daemon.", parents=[common]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", parents=[common], help="run the daemon")
+    run.set_defaults(handler=_run)
+
+    ingest = commands.add_parser(
+        "ingest", parents=[common], help="spool and process mail from files or stdin"
+    )
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help=".eml, dir, Maildir, mbox, or -")
+    ingest.set_defaults(handler=_ingest)
+
+    tickets = commands.add_parser("tickets", help="read tickets").add_subparsers(
+        dest="action", required=True
+    )
+    listing = tickets.add_parser("list", parents=[common])
+    listing.add_argument("--status")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_tickets_list)
+    show = tickets.add_parser("show", parents=[common])
+    show.add_argument("number")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_tickets_show)
+    export = tickets.add_parser("export", parents=[common], help="JSON Lines, one ticket a line")
+    export.add_argument("--since", type=datetime.fromisoformat, metavar="ISO")
+    export.set_defaults(handler=_tickets_export)
+
+    quarantine = commands.add_parser("quarantine", help="mail that made no ticket").add_subparsers(
+        dest="action", required=True
+    )
+    qlist = quarantine.add_parser("list", parents=[common])
+    qlist.add_argument("--json", action="store_true")
+    qlist.add_argument("--include-ignored", action="store_true")
+    qlist.set_defaults(handler=_quarantine_list)
+    qshow = quarantine.add_parser("show", parents=[common])
+    qshow.add_argument("id", type=int)
+    qshow.set_defaults(handler=_quarantine_show)
+    retry = quarantine.add_parser("retry", parents=[common])
+    target = retry.add_mutually_exclusive_group(required=True)
+    target.add_argument("id", type=int, nargs="?")
+    target.add_argument("--all", action="store_true")
+    retry.set_defaults(handler=_quarantine_retry)
+
+    db = commands.add_parser("db", help="database schema").add_subparsers(
+        dest="action", required=True
+    )
+    db.add_parser("upgrade", parents=[common]).set_defaults(handler=_db_upgrade)
+    db.add_parser("current", parents=[common]).set_defaults(handler=_db_current)
+    return parser
+
+
+def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
+    out = stdout or sys.stdout
+    try:
+        args = _build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage; sysexits says 64
+        return EX_USAGE if exc.code else EX_OK
+    handler: Callable[[App, argparse.Namespace, TextIO], int] = args.handler
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"maild: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    logs.configure(settings.logging.format, settings.logging.level)
+    app = App(settings)
+    try:
+        if handler is not _db_upgrade:
+            app.prepare_schema()
+        return handler(app, args, out)
+    except MissingInput as exc:
+        print(f"maild: {exc}", file=sys.stderr)
+        return EX_NOINPUT
+    except TemporaryFailure as exc:
+        print(f"maild: temporary failure, try again later: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    finally:
+        app.close()
+
+
+def _run(app: App, args: argparse.Namespace, out: TextIO) -> int:
+    return asyncio.run(daemon.run(app))
+
+
+def _ingest(app: App, args: argparse.Namespace, out: TextIO) -> int:
+    check_inputs(args.paths)
+    results: Counter[str] = Counter()
+    ahead: ParseAhead[int] = ParseAhead()
+
+    def file(spool_id: int, parsed: Parsed) -> None:
+        try:
+            outcome = app.processor.process(spool_id, parsed)
+        except TemporaryFailure as exc:
+            # The mail is safe in the spool; the next ingest or `maild run` processes it.
+            print(f"maild: spooled as {spool_id}, not processed: {exc}", file=sys.stderr)
+            results["pending"] += 1
+            return
+        if outcome is not None:
+            results[outcome.state.value] += 1
+
+    try:
+        for incoming in read_inputs(args.paths):
+            spool_id = spool.put(app.db, incoming.raw, Envelope(), "ingest", app.clock.now())
+            results["spooled"] += 1
+            for done in ahead.submit(spool_id, incoming.raw):
+                file(*done)
+        for done in ahead.finish():
+            file(*done)
+    finally:
+        ahead.close()
+    try:
+        for outcome in app.processor.drain():  # leftovers of an earlier interrupted run
+            results[outcome.state.value] += 1
+    except TemporaryFailure as exc:
+        print(f"maild: pending mail left in the spool: {exc}", file=sys.stderr)
+    summary = ", ".join(f"{key} {value}" for key, value in sorted(results.items()))
+    print(f"ingest: {summary or 'nothing to do'}", file=out)
+    return EX_OK
+
+
+def _tickets_list(app: App, args: argparse.Namespace, out: TextIO) -> int:
+    with app.db.transaction() as session:
+        rows = views.list_tickets(session, app.numbering, args.status)
+    if args.json:
+        _dump(rows, out)
+    else:
+        columns = ["number", "status", "priority", "requester", "message_count", "subject"]
+        print(views.render_table(rows, columns), file=out)
+    return EX_OK
+
+
+def _tickets_show(app: App, args: argparse.Namespace, out: TextIO) -> int:
+    with app.db.transaction() as session:
+        ticket = views.find_ticket(session, args.number)
+        if ticket is None:
+            print(f"maild: no ticket {args.number}", file=sys.stderr)
+            return EX_NOINPUT
+        detail = views.ticket_detail(session, ticket, app.numbering)
+    if args.json:
+        _dump(detail, out)
+    else:
+        print(views.render_ticket_text(detail), file=out)
+    return EX_OK
+
+
+def _tickets_export(app: App, args: argparse.Namespace, out: TextIO) -> int:
+    since = args.since
+    with app.db.transaction() as session:
+        for detail in views.export_tickets(session, app.numbering, since):
+            out.write(json.dumps(detail, ensure_ascii=False) + "\n")
+    return EX_OK
+
+
+def _quarantine_list(app: App, args: argparse.Namespace, out: TextIO) -> int:
+    with app.db.transaction() as session:
+        rows = views.list_quarantine(session, args.include_ignored)
+    if args.json:
+        _dump(rows, out)
+    else:
+        print(
+            views.render_table(rows, ["id", "state", "step", "reason", "from", "subject"]), file=out
+        )
+    return EX_OK
+
+
+def _quarantine_show(app: App, args: argparse.Namespace, out: TextIO) -> int:
+    with app.db.transaction() as session:
+        entry = session.get(SpoolEntry, args.id)
+        if entry is None:
+            print(f"maild: no spooled mail {args.id}", file=sys.stderr)
+            return EX_NOINPUT
+        item = views.quarantine_item(entry)
+        item["envelope"] = entry.envelope
+        item["source"] = entry.source
+        raw = entry.raw
+    for key, value in item.items():
+        print(f"{key}: {value}", file=out)
+    print("", file=out)
+    print(raw.decode("utf-8", "replace"), file=out)
+    return EX_OK
+
+
+def _quarantine_retry(app: App, args: argparse.Namespace, out: TextIO) -> int:
+    with app.db.transaction() as session:
+        count = spool.requeue(session, None if args.all else [args.id])
+    if count == 0 and not args.all:
+        print(f"maild: {args.id} is not in quarantine", file=sys.stderr)
+        return EX_NOINPUT
+    outcomes = app.processor.drain()
+    states = Counter(o.state.value for o in outcomes)
+    print(f"retried {count}: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())), file=out)
+    return EX_OK
+
+
+def _db_upgrade(app: App, args: argparse.Namespace, out: TextIO) -> int:
+    migrate.upgrade(app.db.engine)
+    print(f"database at revision {migrate.current_revision(app.db.engine)}", file=out)
+    return EX_OK
+
+
+def _db_current(app: App, args: argparse.Namespace, out: TextIO) -> int:
+    print(
+        f"current {migrate.current_revision(app.db.engine)}, "
+        f"head {migrate.head_revision(app.db.engine)}",
+        file=out,
+    )
+    return EX_OK
+
+
+def _dump(value: Any, out: TextIO) -> None:
+    json.dump(value, out, ensure_ascii=False, indent=2)
+    out.write("\n")

@@ -1,0 +1,188 @@
+"""Typed settings from config.toml.
+
+Lookup order: --config, $MAILD_CONFIG, ./config.toml, built-in defaults.
+$MAILD_DATABASE_URL overrides [database] url. Every error names the file, the key and
+what was expected, before anything runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from maild.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite:///maild.db"
+    # SQLite waits this long for a competing writer before giving up (ms).
+    sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
+
+
+class TicketSettings(_Section):
+    # Python format string; {seq} is the ticket's sequence number, {date} its creation time.
+    number_format: str = "{seq}"
+    number_offset: int = Field(default=0, ge=0)
+    # {number} is replaced by the ticket number; the rest is matched literally in subjects.
+    tag_format: str = "[#{number}]"
+
+    @field_validator("tag_format")
+    @classmethod
+    def _tag_has_number(cls, value: str) -> str:
+        if value.count("{number}") != 1:
+            raise ValueError("must contain {number} exactly once")
+        return value
+
+    @field_validator("number_format")
+    @classmethod
+    def _number_format_renders(cls, value: str) -> str:
+        from datetime import UTC, datetime
+
+        try:
+            rendered = value.format(seq=1, date=datetime(2026, 1, 1, tzinfo=UTC))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"may only use {{seq}} and {{date}}: {exc}") from exc
+        if not re.fullmatch(r"[A-Za-z0-9-]+", rendered):
+            raise ValueError("must render to letters, digits and '-' only")
+        return value
+
+
+class MailSettings(_Section):
+    # Our own addresses: never counted as ticket participants, and (with the listener)
+    # the only recipients accepted.
+    support_addresses: list[str] = Field(default_factory=lambda: ["support@example.com"])
+    support_domains: list[str] = Field(default_factory=list)
+    max_message_size: int = Field(default=25 * 1024 * 1024, gt=0)
+
+    @field_validator("support_addresses", "support_domains")
+    @classmethod
+    def _lower(cls, values: list[str]) -> list[str]:
+        return [v.strip().lower() for v in values]
+
+
+class LoggingSettings(_Section):
+    format: Literal["keyvalue", "json"] = "keyvalue"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class ListenerSettings(_Section):
+    """One SMTP or LMTP listener, on host:port or on a Unix socket."""
+
+    protocol: Literal["smtp", "lmtp"] = "smtp"
+    host: str = "127.0.0.1"
+    port: int = Field(default=2525, ge=0, le=65535)
+    socket: Path | None = None
+
+
+class SmtpSettings(_Section):
+    """What every listener shares."""
+
+    # Our name in the greeting and in the Received: header we add.
+    hostname: str = "localhost"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    require_starttls: bool = False
+    max_connections: int = Field(default=200, gt=0)
+    # Per command verb and connection: stops a client from looping RCPT or NOOP forever.
+    max_commands: int = Field(default=1000, gt=0)
+    idle_timeout: float = Field(default=300.0, gt=0)
+    # On SIGTERM, how long an SMTP transaction in flight may take to finish.
+    shutdown_grace: float = Field(default=30.0, ge=0)
+
+
+class DaemonSettings(_Section):
+    # Processing runs in this many worker processes (the spool decouples them from the
+    # listeners, so a slow mail never stalls SMTP); 0 runs it in a thread of the daemon.
+    workers: int = Field(default=1, ge=0, le=64)
+    # How often to look for mail spooled by other processes (ingest, other instances).
+    poll_interval: float = Field(default=2.0, gt=0)
+
+
+class HttpSettings(_Section):
+    """Health and Prometheus metrics. Keep it on loopback: it has no authentication."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9325, ge=0, le=65535)
+
+
+class PathSettings(_Section):
+    rules: Path = Path("rules")
+    templates: Path = Path("templates")
+
+
+class Settings(_Section):
+    database: DatabaseSettings = DatabaseSettings()
+    tickets: TicketSettings = TicketSettings()
+    mail: MailSettings = MailSettings()
+    logging: LoggingSettings = LoggingSettings()
+    paths: PathSettings = PathSettings()
+    listener: list[ListenerSettings] = Field(default_factory=lambda: [ListenerSettings()])
+    smtp: SmtpSettings = SmtpSettings()
+    daemon: DaemonSettings = DaemonSettings()
+    http: HttpSettings = HttpSettings()
+    source: str = Field(default="<defaults>", exclude=True)
+
+    def is_support_address(self, address: str) -> bool:
+        address = address.lower()
+        if address in self.mail.support_addresses:
+            return True
+        domain = address.rpartition("@")[2]
+        return bool(domain) and domain in self.mail.support_domains
+
+
+def _describe(error: dict[str, object]) -> str:
+    loc = error.get("loc", ())
+    key = ".".join(str(part) for part in loc) if isinstance(loc, tuple) else str(loc)
+    kind = str(error.get("type", ""))
+    if kind == "extra_forbidden":
+        return f"unknown key '{key}'"
+    return f"key '{key}': {error.get('msg')} (got {error.get('input')!r})"
+
+
+def parse_settings(data: dict[str, object], source: str) -> Settings:
+    try:
+        return Settings.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        problems = "; ".join(_describe(dict(e)) for e in exc.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ) if env is None else env
+    chosen: Path | None = None
+    if path is not None:
+        chosen = Path(path)
+    elif env.get("MAILD_CONFIG"):
+        chosen = Path(env["MAILD_CONFIG"])
+    elif Path("config.toml").is_file():
+        chosen = Path("config.toml")
+
+    data: dict[str, object] = {}
+    source = "<defaults>"
+    if chosen is not None:
+        source = str(chosen)
+        try:
+            with chosen.open("rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+
+    url = env.get("MAILD_DATABASE_URL")
+    if url:
+        section = data.setdefault("database", {})
+        # A non-table [database] is left alone so validation reports it by name.
+        if isinstance(section, dict):
+            data["database"] = {**section, "url": url}
+    return parse_settings(data, source)

@@ -1,0 +1,158 @@
+"""`maild run`: listeners, processing workers, scheduler, health — and a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from maild import spool
+from maild.app import App
+from maild.health import HealthServer, Metrics, spool_status
+from maild.logs import event
+from maild.pipeline.process import Outcome
+from maild.receive.smtp import Listener, serve
+from maild.scheduler import Scheduler
+from maild.types import Envelope
+from maild.worker import Flag, process_main, work
+
+log = logging.getLogger("maild.daemon")
+
+
+@dataclass
+class _Workers:
+    """Processing workers as processes (daemon.workers > 0) or one thread (0)."""
+
+    app: App
+    metrics: Metrics
+    wake: Flag = field(init=False)
+    stop: Flag = field(init=False)
+    _processes: list[Any] = field(default_factory=list)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        count = self.app.settings.daemon.workers
+        if count == 0:
+            self.wake, self.stop = threading.Event(), threading.Event()
+            return
+        context = multiprocessing.get_context("spawn")
+        self.wake, self.stop = context.Event(), context.Event()
+        self._results = context.Queue()
+        self._processes = [
+            context.Process(
+                target=process_main,
+                args=(self.app.settings, self.wake, self.stop, self._results),
+                name=f"maild-worker-{i}",
+            )
+            for i in range(count)
+        ]
+
+    def start(self) -> None:
+        if not self._processes:
+            thread = threading.Thread(
+                target=work,
+                args=(
+                    self.app.processor,
+                    self.wake,
+                    self.stop,
+                    self._record,
+                    self.app.settings.daemon.poll_interval,
+                ),
+                name="maild-worker",
+            )
+            thread.start()
+            self._threads.append(thread)
+            return
+        for process in self._processes:
+            process.start()
+        collector = threading.Thread(target=self._collect, name="maild-results", daemon=True)
+        collector.start()
+
+    def _record(self, outcome: Outcome, seconds: float) -> None:
+        self.metrics.processed.labels(outcome.state.value).inc()
+        self.metrics.processing_seconds.observe(seconds)
+
+    def _collect(self) -> None:
+        while True:
+            item = self._results.get()
+            if item is None:
+                return
+            state, seconds = item
+            self.metrics.processed.labels(state).inc()
+            self.metrics.processing_seconds.observe(seconds)
+
+    def join(self) -> None:
+        """Let each worker finish the mail it is on, then stop."""
+        self.stop.set()
+        self.wake.set()
+        for thread in self._threads:
+            thread.join()
+        for process in self._processes:
+            process.join()
+        if self._processes:
+            self._results.put(None)
+
+
+async def run(app: App) -> int:
+    settings = app.settings
+    loop = asyncio.get_running_loop()
+    metrics = Metrics(app.db, app.clock)
+    workers = _Workers(app, metrics)
+
+    async def put(raw: bytes, envelope: Envelope) -> int:
+        spool_id = await asyncio.to_thread(
+            spool.put, app.db, raw, envelope, "smtp", app.clock.now()
+        )
+        workers.wake.set()
+        return spool_id
+
+    listener = Listener(settings, put, lambda result: metrics.received.labels("smtp", result).inc())
+    servers = [await serve(listener, one) for one in settings.listener]
+    workers.start()
+
+    scheduler = Scheduler()
+    scheduler.every("spool-poll", settings.daemon.poll_interval, workers.wake.set)
+    scheduler.start()
+
+    health: HealthServer | None = None
+    if settings.http.enabled:
+        health = HealthServer(
+            settings.http.host, settings.http.port, metrics, lambda: spool_status(app.db, app.clock)
+        )
+        health.start()
+
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+
+    event(
+        log,
+        "ready",
+        listeners=" ".join(_describe(s) for s in servers),
+        http=f"{settings.http.host}:{health.port}" if health else "off",
+        workers=settings.daemon.workers,
+    )
+    await stopping.wait()
+
+    event(log, "stopping")
+    for server in servers:
+        server.close()
+    await listener.drain(settings.smtp.shutdown_grace)
+    scheduler.stop()
+    await asyncio.to_thread(workers.join)
+    if health is not None:
+        health.stop()
+    event(log, "stopped")
+    return 0
+
+
+def _describe(server: asyncio.AbstractServer) -> str:
+    names = []
+    for sock in getattr(server, "sockets", ()):
+        name = sock.getsockname()
+        names.append(f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name))
+    return ",".join(names)

@@ -1,0 +1,160 @@
+"""The tables of ARCHITECTURE.md. Alembic migrations in db/migrations must match these."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from maild.db.base import Base
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a bigint identity.
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class SpoolEntry(Base):
+    """A raw mail exactly as received, with its envelope. Never deleted by processing."""
+
+    __tablename__ = "spool"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    received_at: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(32))
+    envelope: Mapped[dict[str, Any]]
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int]
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    step: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    processed_at: Mapped[datetime | None]
+    # Read from the headers when spooled, so quarantine listings need not re-parse.
+    header_from: Mapped[str | None] = mapped_column(Text)
+    header_subject: Mapped[str | None] = mapped_column(Text)
+    header_message_id: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_spool_state_id", "state", "id"),)
+
+
+class Contact(Base):
+    __tablename__ = "contact"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+
+
+class Ticket(Base):
+    __tablename__ = "ticket"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    # Derived from id by the configured format; NULL only inside the creating transaction.
+    number: Mapped[str | None] = mapped_column(String(64), unique=True)
+    subject: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="new")
+    priority: Mapped[str] = mapped_column(String(16), default="normal")
+    type: Mapped[str | None] = mapped_column(String(32))
+    queue: Mapped[str | None] = mapped_column(String(64))
+    team: Mapped[str | None] = mapped_column(String(64))
+    tier: Mapped[int | None]
+    assignee: Mapped[str | None] = mapped_column(String(320))
+    requester_id: Mapped[int] = mapped_column(ForeignKey("contact.id"))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    sla_policy: Mapped[str | None] = mapped_column(String(64))
+    first_response_due_at: Mapped[datetime | None]
+    next_response_due_at: Mapped[datetime | None]
+    resolution_due_at: Mapped[datetime | None]
+    next_sla_check_at: Mapped[datetime | None] = mapped_column(index=True)
+
+    requester: Mapped[Contact] = relationship(lazy="joined")
+    messages: Mapped[list[Message]] = relationship(
+        back_populates="ticket", order_by="Message.id", lazy="raise"
+    )
+
+    __table_args__ = (Index("ix_ticket_status_updated_at", "status", "updated_at"),)
+
+
+class TicketContact(Base):
+    """Who takes part in a ticket: the requester and everyone on From/To/Cc of its mails."""
+
+    __tablename__ = "ticket_contact"
+
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("ticket.id"), primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contact.id"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+
+
+class Message(Base):
+    __tablename__ = "message"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("ticket.id"), index=True)
+    spool_id: Mapped[int | None] = mapped_column(ForeignKey("spool.id"))
+    direction: Mapped[str] = mapped_column(String(8))
+    kind: Mapped[str] = mapped_column(String(16))
+    mail_class: Mapped[str] = mapped_column(String(16))
+    message_id: Mapped[str] = mapped_column(String(998), index=True)
+    body_hash: Mapped[str] = mapped_column(String(64))
+    in_reply_to: Mapped[list[str]]
+    references: Mapped[list[str]]
+    from_address: Mapped[str | None] = mapped_column(String(320))
+    from_name: Mapped[str] = mapped_column(Text, default="")
+    to: Mapped[list[str]]
+    cc: Mapped[list[str]]
+    subject: Mapped[str] = mapped_column(Text)
+    date: Mapped[datetime | None]
+    text: Mapped[str] = mapped_column(Text)
+    text_stripped: Mapped[str] = mapped_column(Text)
+    html: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+    ticket: Mapped[Ticket] = relationship(back_populates="messages")
+    attachments: Mapped[list[Attachment]] = relationship(
+        back_populates="message", order_by="Attachment.id", lazy="selectin"
+    )
+
+    # The dedupe key: the same mail delivered twice is stored once, even by two instances.
+    __table_args__ = (UniqueConstraint("message_id", "body_hash"),)
+
+
+class Attachment(Base):
+    """Metadata only: the bytes stay in the raw mail of the spool row."""
+
+    __tablename__ = "attachment"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("message.id"), index=True)
+    filename: Mapped[str] = mapped_column(Text)
+    content_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    content_id: Mapped[str | None] = mapped_column(Text)
+    inline: Mapped[bool] = mapped_column(default=False)
+
+    message: Mapped[Message] = relationship(back_populates="attachments")
+
+
+class Event(Base):
+    """The audit trail: every status change, rule, reminder, with actor and data."""
+
+    __tablename__ = "event"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("ticket.id"), index=True)
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(320))
+    data: Mapped[dict[str, Any]]

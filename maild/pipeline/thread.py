@@ -1,0 +1,63 @@
+"""Thread: which ticket a mail belongs to. Pure apart from the lookups it is given.
+
+1. A Message-ID in In-Reply-To/References that belongs to a ticket: that ticket.
+2. A ticket tag in the subject, if the sender takes part in that ticket.
+   A stranger using a valid tag gets a new ticket (and both tickets note it).
+3. Otherwise a new ticket. Equal subjects alone never merge.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from maild.numbering import Numbering
+from maild.types import ParsedMail
+
+
+class ThreadIndex(Protocol):
+    def ticket_for_message_ids(self, message_ids: list[str]) -> int | None:
+        """The ticket holding one of these Message-IDs, preferring the earliest in the list."""
+
+    def ticket_for_number(self, number: str) -> int | None: ...
+
+    def is_participant(self, ticket_id: int, address: str) -> bool: ...
+
+
+class ThreadReason(enum.StrEnum):
+    HEADER = "header"
+    TAG = "tag"
+    NEW = "new"
+    STRANGER_TAG = "stranger_tag"
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadDecision:
+    ticket_id: int | None  # None: open a new ticket
+    reason: ThreadReason
+    # For STRANGER_TAG: the ticket whose tag a non-participant used.
+    claimed_ticket_id: int | None = None
+
+
+def thread(mail: ParsedMail, index: ThreadIndex, numbering: Numbering) -> ThreadDecision:
+    # In-Reply-To names the direct parent; References may reach far back or be trimmed.
+    referenced = list(dict.fromkeys([*mail.in_reply_to, *reversed(mail.references)]))
+    if referenced:
+        ticket_id = index.ticket_for_message_ids(referenced)
+        if ticket_id is not None:
+            return ThreadDecision(ticket_id, ThreadReason.HEADER)
+
+    sender = mail.from_.address if mail.from_ else None
+    claimed: int | None = None
+    for number in numbering.numbers_in(mail.subject):
+        ticket_id = index.ticket_for_number(number)
+        if ticket_id is None:
+            continue
+        if sender and index.is_participant(ticket_id, sender):
+            return ThreadDecision(ticket_id, ThreadReason.TAG)
+        claimed = claimed or ticket_id
+
+    if claimed is not None:
+        return ThreadDecision(None, ThreadReason.STRANGER_TAG, claimed_ticket_id=claimed)
+    return ThreadDecision(None, ThreadReason.NEW)

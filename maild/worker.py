@@ -1,0 +1,108 @@
+"""Processing workers: drain the spool whenever woken, and every poll interval regardless.
+
+A worker runs as a thread of the daemon or as a separate process (the default, so parsing
+never competes with the listener for the GIL). A worker process dies with its parent:
+its work is transactional, so being killed mid-mail only rolls that mail back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import multiprocessing.queues
+import signal
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from maild import logs
+from maild.app import App
+from maild.config import Settings
+from maild.errors import TemporaryFailure
+from maild.logs import event
+from maild.pipeline.process import Outcome, Processor
+
+log = logging.getLogger("maild.worker")
+
+Report = Callable[[Outcome, float], None]
+
+
+class Flag(Protocol):
+    """threading.Event and multiprocessing.Event both fit."""
+
+    def set(self) -> None: ...
+    def clear(self) -> None: ...
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+def work(
+    processor: Processor,
+    wake: Flag,
+    stop: Flag,
+    report: Report,
+    poll_interval: float,
+    alive: Callable[[], bool] = lambda: True,
+) -> None:
+    """Drain, then sleep until woken or the poll interval passes; until `stop` is set."""
+    backoff = poll_interval
+    while not stop.is_set() and alive():
+        wake.clear()
+        try:
+            _drain(processor, stop, report)
+            backoff = poll_interval
+        except TemporaryFailure as exc:
+            event(log, "database unavailable", logging.WARNING, error=str(exc), retry_in=backoff)
+            wake.wait(backoff)
+            backoff = min(backoff * 2, 60.0)
+            continue
+        wake.wait(poll_interval)
+
+
+def _drain(processor: Processor, stop: Flag, report: Report) -> None:
+    last = 0
+    while not stop.is_set():
+        started = time.perf_counter()
+        outcome = processor.process_next(after_id=last)
+        if outcome is None:
+            return
+        report(outcome, time.perf_counter() - started)
+        last = outcome.spool_id
+
+
+def process_main(
+    settings: Settings,
+    wake: Flag,
+    stop: Flag,
+    results: multiprocessing.queues.Queue[tuple[str, float]],
+) -> None:
+    """Entry point of a worker process."""
+    _die_with_parent()
+    # The parent decides when to stop (and lets the current mail finish); a Ctrl-C on the
+    # terminal reaches the whole process group and must not cut a transaction short here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logs.configure(settings.logging.format, settings.logging.level)
+    app = App(settings)
+    parent = multiprocessing.parent_process()
+    try:
+        work(
+            app.processor,
+            wake,
+            stop,
+            lambda outcome, seconds: results.put((outcome.state.value, seconds)),
+            settings.daemon.poll_interval,
+            alive=lambda: parent is None or parent.is_alive(),
+        )
+    finally:
+        app.close()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the daemon dies (even by kill -9)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
