@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from email.policy import SMTP
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -150,4 +151,5 @@ def make_mail(
     for name, value in (headers or {}).items():
         mail[name] = value
     mail.set_content(body)
-    return mail.as_bytes()
+    # CRLF, as on the wire: smtplib sends bytes unchanged.
+    return mail.as_bytes(policy=SMTP)

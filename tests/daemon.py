@@ -94,6 +94,7 @@ class Daemon:
                 with contextlib.suppress(json.JSONDecodeError):  # tracebacks, warnings
                     self.events.append(json.loads(line))
                 self._changed.notify_all()
+        process.stderr.close()
         with self._changed:
             self._changed.notify_all()
 

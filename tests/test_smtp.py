@@ -109,6 +109,7 @@ def test_unknown_recipient_refused_at_rcpt(
         client.mail("spammer@evil.example")
         code, reply = client.rcpt("victim@elsewhere.example")
         assert (code, reply[:5]) == (550, b"5.1.1")
+        client.rset()
         with pytest.raises(smtplib.SMTPRecipientsRefused):
             client.sendmail("a@evil.example", ["nobody@example.org"], make_mail())
 

@@ -20,7 +20,13 @@ from mailparser.dates import parse_mail_date
 from mailparser.utils import get_addresses
 
 from maild.errors import Quarantine
-from maild.pipeline.text import decode_text, html_to_text, normalize_newlines, strip_reply
+from maild.pipeline.text import (
+    codec_name,
+    decode_text,
+    html_to_text,
+    normalize_newlines,
+    strip_reply,
+)
 from maild.types import Address, ParsedAttachment, ParsedMail
 
 __all__ = ["decode_header_value", "parse"]
@@ -33,6 +39,9 @@ MAX_HEADER_VALUE: Final = 8 * 1024
 MAX_ID_LENGTH: Final = 998
 # References of a very long thread: the root and the most recent ids matter.
 MAX_REFERENCES: Final = 500
+# Subject and address headers are read from at most this much (a To of 1,000 recipients
+# is about 40 KB; mail-parser's address scanner takes ~20 us per address).
+MAX_READ_VALUE: Final = 64 * 1024
 
 _HASH_CHUNK: Final = 1 << 20
 
@@ -99,7 +108,6 @@ _EXTENSIONS: Final = {
 }
 
 _HEAD_END: Final = re.compile(rb"\n\r?\n")
-_CHARSET_PARAM: Final = re.compile(rb"""charset\s*=\s*["']?([A-Za-z0-9_.:\-]+)""", re.IGNORECASE)
 _META_CHARSET: Final = re.compile(
     rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9_.:\-]+)""", re.IGNORECASE
 )
@@ -127,26 +135,27 @@ def parse(raw: bytes) -> ParsedMail:
     if not raw.strip():
         raise Quarantine(STEP, "empty input")
     defects: list[str] = []
-    head_end, body_start = _split_head(raw)
-    feed = _transcode_head(raw, head_end, defects)
-    message = _message(feed)
-    del feed
+    message = _message(raw)
     if not any(name.lower() in _MAIL_HEADERS for name in message):
         raise Quarantine(STEP, "no mail headers: not a mail")
 
-    headers, wanted, raw_first = _read_headers(message, defects)
-    body_hash = _body_hash(raw, body_start)
+    body = _walk(message, defects)
+    charset = _header_charset(message, body.charset, defects)
+    headers, wanted, raw_first = _read_headers(message, charset, defects)
+    body_hash = _body_hash(raw, _split_head(raw)[1])
 
     subject = _WHITESPACE.sub(" ", _first(wanted, "subject")).strip()
+    if len(subject) > MAX_HEADER_VALUE:
+        subject = subject[:MAX_HEADER_VALUE]
+        defects.append(f"subject: cut to {MAX_HEADER_VALUE} characters")
     from_, to, cc, reply_to = (
-        _addresses(name, raw_first.get(name), wanted, defects) for name in _ADDRESS_HEADERS
+        _addresses(name, raw_first.get(name), charset, wanted, defects) for name in _ADDRESS_HEADERS
     )
     message_id, synthetic = _message_id(wanted, body_hash, defects)
-    date = _date(raw_first.get("date"), defects)
+    date = _date(raw_first.get("date"), charset, defects)
     in_reply_to = _ids(wanted.get("in-reply-to", ()), "in-reply-to", defects)
     references = _ids(wanted.get("references", ()), "references", defects)
 
-    body = _walk(message, defects)
     defects.extend(f"mime: {name}" for name in sorted(body.mime_defects))
 
     text = _join(body.plain)
@@ -201,23 +210,35 @@ _PARSER_BUGS: Final = (
 )
 
 
-def _message(feed: bytes) -> Message:
+def _message(raw: bytes) -> Message:
     try:
-        return email.message_from_bytes(feed)
+        return email.message_from_bytes(raw)
     except RecursionError as exc:
         # The email package recurses once per multipart level (what mail-parser
         # reports as MailParserRecursionError).
         raise Quarantine(STEP, "MIME nesting too deep") from exc
 
 
-def _as_text(raw: str) -> str:
-    """A raw header value with its 8-bit bytes read as UTF-8 (invalid ones kept escaped)."""
+def _as_text(raw: str, charset: str | None) -> str:
+    """A raw header value (as the email package stores it: 8-bit bytes as surrogate
+    escapes) as text: UTF-8 if it is, else `charset`, else a guess. Not unfolded, no
+    RFC 2047 decoding."""
     if raw.isascii():
         return raw
     try:
-        return raw.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
-    except UnicodeError:
-        return raw
+        octets = raw.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return raw.encode("utf-8", "replace").decode("utf-8")
+    try:
+        return octets.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if charset is not None:
+        try:
+            return octets.decode(charset)
+        except (UnicodeError, LookupError):
+            pass
+    return decode_text(octets, None).text
 
 
 # --- raw bytes --------------------------------------------------------------------------
@@ -257,62 +278,47 @@ def _body_hash(raw: bytes, start: int) -> str:
     return digest.hexdigest()
 
 
-def _transcode_head(raw: bytes, head_end: int, defects: list[str]) -> bytes:
-    """`raw` with raw 8-bit header text that is not UTF-8 re-encoded as UTF-8.
+def _header_charset(message: Message, body_charset: str | None, defects: list[str]) -> str | None:
+    """The charset for raw 8-bit header text that is not UTF-8, or None if there is none.
 
-    mail-parser reads 8-bit headers as UTF-8 only; a Latin-2 display name would come out
-    as escapes. The charset is the one the mail declares in its top Content-Type, or a
-    guess. Content-* fields are left alone: a boundary must keep matching the body.
+    Mailers that write raw 8-bit headers write them in the charset of their body; a name
+    or subject alone is too short for a reliable guess. So: the charset an 8-bit body part
+    was read with, else the top Content-Type's, else a guess over all such header text.
     """
-    head = raw[:head_end]
-    if head.isascii():
-        return raw
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    else:
-        return raw
-    lines = head.split(b"\n")
-    eight_bit = b"\n".join(line for line in lines if not line.isascii())
-    match = _CHARSET_PARAM.search(head)
-    decoded = decode_text(eight_bit, match.group(1).decode("ascii") if match else None)
-    charset = decoded.charset if decoded.charset not in ("utf-8", "ascii") else "cp1252"
-    out: list[bytes] = []
-    field = b""
-    for line in lines:
-        if line[:1] not in (b" ", b"\t"):
-            field = line.split(b":", 1)[0].strip().lower()
-        if line.isascii() or field.startswith(b"content-"):
-            out.append(line)
-            continue
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError:
-            line = line.decode(charset, errors="replace").encode("utf-8")
-        out.append(line)
+    octets = []
+    for _name, value in message.raw_items():
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8", "surrogateescape").decode("utf-8")
+            except UnicodeError:
+                octets.append(value.encode("utf-8", "surrogateescape"))
+    if not octets:
+        return None
+    sample = b"\n".join(octets)
+    charset = None
+    for candidate in (body_charset, message.get_content_charset()):
+        codec = codec_name(candidate)
+        if codec is not None and codec != "utf-8" and decode_text(sample, codec).defect is None:
+            charset = codec
+            break
+    if charset is None:
+        guessed = decode_text(sample, None)
+        charset = guessed.charset if guessed.charset != "utf-8" else "cp1252"
     defects.append(f"headers: 8-bit text read as {charset}")
-    return b"\n".join(out) + raw[head_end:]
+    return charset
 
 
 # --- headers ----------------------------------------------------------------------------
 
 
-def decode_header_value(value: str) -> str:
+def decode_header_value(value: str, charset: str | None = None) -> str:
     """A header value as text: raw 8-bit bytes decoded, unfolded, RFC 2047 words decoded.
 
     `value` is what the email package stores for a header parsed from bytes (8-bit bytes
-    kept as surrogate escapes). Never raises.
+    kept as surrogate escapes). 8-bit bytes that are not UTF-8 are read as `charset`, or
+    guessed. Never raises.
     """
-    if not value.isascii():
-        try:
-            octets = value.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            octets = value.encode("utf-8", "replace")
-        try:
-            value = octets.decode("utf-8")
-        except UnicodeDecodeError:
-            value = decode_text(octets, None).text
+    value = _as_text(value, charset)
     if "\n" in value or "\r" in value:
         value = value.replace("\r", "").replace("\n", "")
     if "=?" in value:
@@ -364,7 +370,7 @@ def _b64decode(data: bytes) -> bytes:
 
 
 def _read_headers(
-    message: Message, defects: list[str]
+    message: Message, charset: str | None, defects: list[str]
 ) -> tuple[dict[str, tuple[str, ...]], dict[str, list[str]], dict[str, str]]:
     """The capped, decoded header dict; the full decoded values of the wanted headers;
     the raw first value of the address and date headers."""
@@ -378,13 +384,16 @@ def _read_headers(
         text_value = value if isinstance(value, str) else str(value)
         keep = index < MAX_HEADER_FIELDS
         if key in _WANTED:
+            if key not in ("references", "in-reply-to") and len(text_value) > MAX_READ_VALUE:
+                text_value = text_value[:MAX_READ_VALUE]
+                defects.append(f"{key}: only the first {MAX_READ_VALUE} characters read")
             if key in _RAW_WANTED and key not in raw_first:
                 raw_first[key] = text_value
-            decoded = decode_header_value(text_value)
+            decoded = decode_header_value(text_value, charset)
             wanted.setdefault(key, []).append(decoded)
         elif keep:
             # Cut before decoding: a 1 MB header need not be decoded whole.
-            decoded = decode_header_value(text_value[: MAX_HEADER_VALUE * 4])
+            decoded = decode_header_value(text_value[: MAX_HEADER_VALUE * 4], charset)
         if not keep:
             dropped += 1
             continue
@@ -405,7 +414,11 @@ def _first(wanted: dict[str, list[str]], name: str) -> str:
 
 
 def _addresses(
-    name: str, raw: str | None, wanted: dict[str, list[str]], defects: list[str]
+    name: str,
+    raw: str | None,
+    charset: str | None,
+    wanted: dict[str, list[str]],
+    defects: list[str],
 ) -> tuple[Address, ...]:
     """The mailboxes of the first `name` header, lower-cased; malformed ones skipped."""
     if raw is None:
@@ -419,7 +432,7 @@ def _addresses(
         pairs = [(display, simple.group(3) or simple.group(4))]
     else:
         try:
-            pairs = get_addresses(_as_text(raw), defects=diagnostics, decode_names=True)
+            pairs = get_addresses(_as_text(raw, charset), defects=diagnostics, decode_names=True)
         except _PARSER_BUGS:
             defects.append(f"{name}: mail-parser failed, read with the email package")
             pairs = getaddresses([_first(wanted, name)])
@@ -491,12 +504,12 @@ def _ids(values: Iterable[str], name: str, defects: list[str]) -> tuple[str, ...
     return ids
 
 
-def _date(raw: str | None, defects: list[str]) -> datetime | None:
+def _date(raw: str | None, charset: str | None, defects: list[str]) -> datetime | None:
     if raw is None or not raw.strip():
         defects.append("date: missing")
         return None
     try:
-        result: Any = parse_mail_date(_as_text(raw))
+        result: Any = parse_mail_date(_as_text(raw, charset))
     except _PARSER_BUGS:
         result = None
     if result is not None:
@@ -526,6 +539,8 @@ class _Body:
         self.html: list[str] = []
         self.attachments: list[ParsedAttachment] = []
         self.mime_defects: set[str] = set()
+        # the charset the first 8-bit body text was read with (not utf-8)
+        self.charset: str | None = None
         # text parts with a file name: attachments, and the body if there is no other
         self.named_text: list[tuple[Message, str]] = []
 
@@ -584,6 +599,8 @@ def _add_text(part: Message, content_type: str, body: _Body, defects: list[str])
     decoded = decode_text(payload, declared)
     if decoded.defect:
         defects.append(f"{content_type}: {decoded.defect}")
+    if body.charset is None and decoded.charset not in ("ascii", "utf-8"):
+        body.charset = decoded.charset
     if content_type.startswith("multipart/"):
         defects.append(f"{content_type}: no usable boundary, read as text")
     (body.html if is_html else body.plain).append(normalize_newlines(decoded.text))

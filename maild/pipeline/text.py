@@ -16,7 +16,14 @@ from mailparser_reply import EmailReplyParser
 from mailparser_reply.constants import MAIL_LANGUAGES, QUOTED_MATCH_INCLUDE
 from mailparser_reply.parser import EmailMessage
 
-__all__ = ["Decoded", "decode_text", "html_to_text", "normalize_newlines", "strip_reply"]
+__all__ = [
+    "Decoded",
+    "codec_name",
+    "decode_text",
+    "html_to_text",
+    "normalize_newlines",
+    "strip_reply",
+]
 
 
 # --- charsets ---------------------------------------------------------------------------
@@ -70,7 +77,7 @@ class Decoded:
     defect: str | None = None
 
 
-def _codec(label: str | None) -> str | None:
+def codec_name(label: str | None) -> str | None:
     """The Python codec name for a declared charset label, or None if unusable."""
     if not label:
         return None
@@ -108,7 +115,7 @@ def decode_text(payload: bytes, declared: str | None) -> Decoded:
     """
     if payload.isascii():
         return Decoded(payload.decode("ascii"), "ascii")
-    codec = _codec(declared)
+    codec = codec_name(declared)
     if codec is not None:
         text = _try_decode(payload, codec)
         if text is not None:
@@ -125,7 +132,7 @@ def decode_text(payload: bytes, declared: str | None) -> Decoded:
             return Decoded(text, "utf-8", f"charset: {problem}, decoded as utf-8")
     guess = from_bytes(payload[:_DETECT_SAMPLE]).best()
     if guess is not None:
-        guessed = _codec(guess.encoding)
+        guessed = codec_name(guess.encoding)
         if guessed is not None:
             if len(payload) <= _DETECT_SAMPLE:
                 text = str(guess)
