@@ -28,6 +28,11 @@ EX_NOINPUT = 66
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
+# A bulk import spools this many mails (or bytes) per commit; each is still filed in a
+# transaction of its own, and nothing is reported done before its spool commit.
+_SPOOL_BATCH = 16
+_SPOOL_BATCH_BYTES = 8 * 1024 * 1024
+
 
 def _build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -134,12 +139,22 @@ def _ingest(app: App, args: argparse.Namespace, out: TextIO) -> int:
         if outcome is not None:
             results[outcome.state.value] += 1
 
+    def spool_batch(batch: list[bytes]) -> None:
+        ids = spool.put_many(
+            app.db, [(raw, Envelope()) for raw in batch], "ingest", app.clock.now()
+        )
+        results["spooled"] += len(ids)
+        for done in ahead.submit(ids, list(batch)):
+            file(*done)
+        batch.clear()
+
     try:
+        batch: list[bytes] = []
         for incoming in read_inputs(args.paths):
-            spool_id = spool.put(app.db, incoming.raw, Envelope(), "ingest", app.clock.now())
-            results["spooled"] += 1
-            for done in ahead.submit(spool_id, incoming.raw):
-                file(*done)
+            batch.append(incoming.raw)
+            if len(batch) >= _SPOOL_BATCH or sum(map(len, batch)) >= _SPOOL_BATCH_BYTES:
+                spool_batch(batch)
+        spool_batch(batch)
         for done in ahead.finish():
             file(*done)
     finally:

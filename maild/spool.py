@@ -14,9 +14,18 @@ from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from typing import Any, NamedTuple, cast
+from typing import Any, Literal, NamedTuple, cast
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    CursorResult,
+    Select,
+    bindparam,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from maild.db.models import SpoolEntry
@@ -28,61 +37,142 @@ _HEADER_LIMIT = 998
 
 def put(db: Database, raw: bytes, envelope: Envelope, source: str, now: datetime) -> int:
     """Store one raw mail and commit. Returns the spool id. Raises TemporaryFailure."""
-    summary = _summarise(raw)
+    return put_many(db, [(raw, envelope)], source, now)[0]
+
+
+def put_many(
+    db: Database, mails: list[tuple[bytes, Envelope]], source: str, now: datetime
+) -> list[int]:
+    """Store several raw mails in one commit (bulk import). Returns their spool ids."""
     with db.transaction() as session:
-        entry = SpoolEntry(
-            received_at=now,
-            source=source,
-            envelope=asdict(envelope),
-            raw=raw,
-            size=len(raw),
-            state=SpoolState.PENDING,
-            attempts=0,
-            header_from=summary["from"],
-            header_subject=summary["subject"],
-            header_message_id=summary["message-id"],
-        )
-        session.add(entry)
+        entries = [_entry(raw, envelope, source, now) for raw, envelope in mails]
+        session.add_all(entries)
         session.flush()
-        return entry.id
+        return [entry.id for entry in entries]
 
 
-def claim_next(session: Session, *, after_id: int = 0) -> SpoolEntry | None:
+def _entry(raw: bytes, envelope: Envelope, source: str, now: datetime) -> SpoolEntry:
+    # No parsing here: this runs before the 250. The listing columns (From, Subject,
+    # Message-ID) are filled in when the mail is processed.
+    return SpoolEntry(
+        received_at=now,
+        source=source,
+        envelope=asdict(envelope),
+        raw=raw,
+        size=len(raw),
+        state=SpoolState.PENDING,
+        attempts=0,
+    )
+
+
+class Claimed(NamedTuple):
+    """A pending mail locked by the caller's transaction. `raw` only when asked for."""
+
+    id: int
+    envelope: Envelope
+    raw: bytes | None
+
+
+def claim_next(conn: Connection, *, after_id: int = 0, with_raw: bool = True) -> Claimed | None:
     """Lock and return the oldest pending mail with an id above `after_id`, or None."""
+    return _claim(conn, "next", {"after": after_id}, with_raw)
+
+
+def claim(conn: Connection, spool_id: int, *, with_raw: bool = True) -> Claimed | None:
+    """Lock one pending mail by id, or None if it is gone, done, or taken by another worker."""
+    return _claim(conn, "id", {"id": spool_id}, with_raw)
+
+
+def _claim_query(where: ColumnElement[bool], with_raw: bool, lock: bool) -> Select[Any]:
+    columns: list[Any] = [SpoolEntry.id, SpoolEntry.envelope]
+    if with_raw:
+        columns.append(SpoolEntry.raw)
     query = (
-        select(SpoolEntry)
-        .where(SpoolEntry.state == SpoolState.PENDING, SpoolEntry.id > after_id)
+        select(*columns)
+        .where(SpoolEntry.state == SpoolState.PENDING, where)
         .order_by(SpoolEntry.id)
         .limit(1)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    return session.scalars(query).first()
+    # SKIP LOCKED: several instances never take the same mail (PostgreSQL only).
+    return query.with_for_update(skip_locked=True) if lock else query
 
 
-def claim(session: Session, spool_id: int) -> SpoolEntry | None:
-    """Lock one pending mail by id, or None if it is gone, done, or taken by another worker."""
-    query = select(SpoolEntry).where(
-        SpoolEntry.id == spool_id, SpoolEntry.state == SpoolState.PENDING
+# Built once per shape; claiming runs for every mail.
+_CLAIMS = {
+    (where_key, with_raw, lock): _claim_query(where, with_raw, lock)
+    for where_key, where in (
+        ("next", SpoolEntry.id > bindparam("after")),
+        ("id", SpoolEntry.id == bindparam("id")),
     )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    return session.scalars(query).first()
+    for with_raw in (True, False)
+    for lock in (True, False)
+}
+
+
+def _claim(
+    conn: Connection, where: Literal["next", "id"], params: dict[str, int], with_raw: bool
+) -> Claimed | None:
+    lock = conn.dialect.name == "postgresql"
+    query = _CLAIMS[where, with_raw, lock]
+    row = conn.execute(query, params).first()
+    if row is None:
+        return None
+    stored = row.envelope
+    envelope = Envelope(**{**stored, "rcpt_to": tuple(stored.get("rcpt_to", ()))})
+    return Claimed(row.id, envelope, row.raw if with_raw else None)
+
+
+class Summary(NamedTuple):
+    """What listings show of a mail: From, Subject, Message-ID."""
+
+    from_: str | None
+    subject: str | None
+    message_id: str | None
 
 
 def finish(
-    entry: SpoolEntry,
+    conn: Connection,
+    spool_id: int,
     state: SpoolState,
     now: datetime,
+    summary: Summary,
     *,
     step: str | None = None,
     reason: str | None = None,
 ) -> None:
-    entry.state = state
-    entry.step = step
-    entry.reason = reason
-    entry.processed_at = now
-    entry.attempts += 1
+    conn.execute(
+        _FINISH,
+        {
+            "spool_id": spool_id,
+            "state_": state,
+            "step_": step,
+            "reason_": reason,
+            "at": now,
+            "from_": _clip(summary.from_),
+            "subject_": _clip(summary.subject),
+            "message_id_": _clip(summary.message_id),
+        },
+    )
+
+
+def _clip(value: str | None) -> str | None:
+    return None if value is None else value[:_HEADER_LIMIT]
+
+
+_FINISH = (
+    update(SpoolEntry)
+    .where(SpoolEntry.id == bindparam("spool_id"))
+    .values(
+        state=bindparam("state_"),
+        step=bindparam("step_"),
+        reason=bindparam("reason_"),
+        processed_at=bindparam("at"),
+        header_from=bindparam("from_"),
+        header_subject=bindparam("subject_"),
+        header_message_id=bindparam("message_id_"),
+        attempts=SpoolEntry.attempts + 1,
+    )
+)
 
 
 def requeue(session: Session, spool_ids: list[int] | None) -> int:
@@ -110,14 +200,12 @@ def depth(session: Session) -> tuple[int, datetime | None]:
     return int(count), oldest
 
 
-def _summarise(raw: bytes) -> dict[str, str | None]:
-    """From, Subject and Message-ID for listings, read cheaply and never failing."""
+def summarise(raw: bytes) -> Summary:
+    """From, Subject and Message-ID of a mail the parser could not read; never fails."""
     headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:65536])
-    result: dict[str, str | None] = {}
-    for name in ("from", "subject", "message-id"):
-        value = headers.get(name)
-        result[name] = _decode(value)[:_HEADER_LIMIT] if value is not None else None
-    return result
+    values = [headers.get(name) for name in ("from", "subject", "message-id")]
+    from_, subject, message_id = (None if v is None else _decode(v) for v in values)
+    return Summary(from_, subject, message_id)
 
 
 def _decode(value: object) -> str:

@@ -3,24 +3,44 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Table, bindparam, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from maild.db.base import Base
 from maild.db.models import Contact, Message, Ticket, TicketContact
+
+# Statements built once with bound parameters, so each compiles once: this is per mail.
+_TICKETS_BY_MESSAGE_IDS = select(Message.message_id, Message.ticket_id).where(
+    Message.message_id.in_(bindparam("ids", expanding=True))
+)
+_TICKET_BY_NUMBER = select(Ticket.id).where(Ticket.number == bindparam("number"))
+_PARTICIPANT = (
+    select(TicketContact.contact_id)
+    .join(Contact, Contact.id == TicketContact.contact_id)
+    .where(TicketContact.ticket_id == bindparam("ticket_id"), Contact.address == bindparam("a"))
+)
+_DUPLICATE = (
+    select(Ticket.number)
+    .join(Message, Message.ticket_id == Ticket.id)
+    .where(Message.message_id == bindparam("mid"), Message.body_hash == bindparam("hash"))
+    .limit(1)
+)
+_CONTACT_IDS = select(Contact.address, Contact.id).where(
+    Contact.address.in_(bindparam("addresses", expanding=True))
+)
 
 
 class SqlThreadIndex:
     """The lookups `pipeline.thread` needs, answered from the database."""
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
 
     def ticket_for_message_ids(self, message_ids: list[str]) -> int | None:
-        rows = self._session.execute(
-            select(Message.message_id, Message.ticket_id).where(Message.message_id.in_(message_ids))
-        ).all()
+        rows = self._conn.execute(_TICKETS_BY_MESSAGE_IDS, {"ids": message_ids}).all()
         by_id = {message_id: ticket_id for message_id, ticket_id in rows}
         for message_id in message_ids:
             if message_id in by_id:
@@ -28,44 +48,69 @@ class SqlThreadIndex:
         return None
 
     def ticket_for_number(self, number: str) -> int | None:
-        return self._session.scalar(select(Ticket.id).where(Ticket.number == number))
+        return self._conn.scalar(_TICKET_BY_NUMBER, {"number": number})
 
     def is_participant(self, ticket_id: int, address: str) -> bool:
-        found = self._session.scalar(
-            select(TicketContact.contact_id)
-            .join(Contact, Contact.id == TicketContact.contact_id)
-            .where(TicketContact.ticket_id == ticket_id, Contact.address == address.lower())
-        )
+        found = self._conn.scalar(_PARTICIPANT, {"ticket_id": ticket_id, "a": address.lower()})
         return found is not None
 
 
-def find_message(session: Session, message_id: str, body_hash: str) -> Message | None:
-    return session.scalars(
-        select(Message).where(Message.message_id == message_id, Message.body_hash == body_hash)
-    ).first()
+def find_duplicate(conn: Connection, message_id: str, body_hash: str) -> str | None:
+    """The number of the ticket that already holds this mail, or None."""
+    return conn.scalar(_DUPLICATE, {"mid": message_id, "hash": body_hash})
 
 
-def contact_for(session: Session, address: str, name: str, now: datetime) -> Contact:
-    """The contact for an address, created if new; safe against a concurrent creator."""
-    address = address.lower()
-    contact = session.scalars(select(Contact).where(Contact.address == address)).first()
-    if contact is not None:
-        if name and not contact.name:
-            contact.name = name
-        return contact
-    try:
-        with session.begin_nested():
-            contact = Contact(address=address, name=name, created_at=now)
-            session.add(contact)
-    except IntegrityError:
-        contact = session.scalars(select(Contact).where(Contact.address == address)).one()
-    return contact
+def contacts_for(conn: Connection, people: dict[str, str], now: datetime) -> dict[str, int]:
+    """Contact ids for these addresses (address -> display name), creating the missing ones.
+
+    Safe against a concurrent creator: the insert skips addresses that exist by then.
+    """
+    if not people:
+        return {}
+    wanted = {address.lower(): name for address, name in people.items()}
+    found = _contact_ids(conn, list(wanted))
+    missing = [a for a in wanted if a not in found]
+    if missing:
+        rows = [{"address": a, "name": wanted[a], "created_at": now} for a in missing]
+        conn.execute(_insert_ignoring_conflicts(conn, Contact), rows)
+        found.update(_contact_ids(conn, missing))
+    return found
 
 
-def add_participant(session: Session, ticket_id: int, contact_id: int, role: str) -> None:
-    exists = session.get(TicketContact, (ticket_id, contact_id))
-    if exists is None:
-        session.add(TicketContact(ticket_id=ticket_id, contact_id=contact_id, role=role))
+def _contact_ids(conn: Connection, addresses: list[str]) -> dict[str, int]:
+    rows = conn.execute(_CONTACT_IDS, {"addresses": addresses}).all()
+    return {address: contact_id for address, contact_id in rows}
+
+
+def add_participants(conn: Connection, ticket_id: int, roles: dict[int, str]) -> None:
+    """Add contacts to a ticket; those already taking part keep their role."""
+    if roles:
+        rows = [
+            {"ticket_id": ticket_id, "contact_id": contact_id, "role": role}
+            for contact_id, role in roles.items()
+        ]
+        conn.execute(_insert_ignoring_conflicts(conn, TicketContact), rows)
+
+
+def _insert_ignoring_conflicts(conn: Connection, model: type[Base]) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING; parameters go separately, so it compiles once."""
+    dialect = conn.dialect.name
+    return _IGNORING_CONFLICTS[dialect, model.__tablename__]
+
+
+def _ignoring_conflicts() -> dict[tuple[str, str], Any]:
+    statements: dict[tuple[str, str], Any] = {}
+    for model in (Contact, TicketContact):
+        table = model.__table__
+        assert isinstance(table, Table)
+        statements["postgresql", model.__tablename__] = postgresql.insert(
+            table
+        ).on_conflict_do_nothing()
+        statements["sqlite", model.__tablename__] = sqlite.insert(table).on_conflict_do_nothing()
+    return statements
+
+
+_IGNORING_CONFLICTS = _ignoring_conflicts()
 
 
 def participants(session: Session, ticket_id: int) -> list[tuple[str, str, str]]:

@@ -6,11 +6,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild.errors import TemporaryFailure
+
+DURABLE = "maild_durable"
 
 
 def make_engine(url: str, *, busy_timeout_ms: int = 10_000) -> Engine:
@@ -30,15 +32,16 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk before we answer 250; NORMAL could lose the last
-        # commits on power loss.
-        cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
+        # FULL: the commit is on disk before we acknowledge a mail. NORMAL may lose the
+        # last commits on power loss, which is safe only for work the spool can replay.
+        durable = connection.get_execution_options().get(DURABLE, True)
+        connection.exec_driver_sql(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
@@ -48,16 +51,27 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._replayable = sessionmaker(
+            engine.execution_options(**{DURABLE: False}), expire_on_commit=False
+        )
 
     @property
     def is_postgres(self) -> bool:
         return self.engine.dialect.name == "postgresql"
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        """Commit on success, roll back on error; database outages become TemporaryFailure."""
+    def transaction(self, *, replayable: bool = False) -> Iterator[Session]:
+        """Commit on success, roll back on error; database outages become TemporaryFailure.
+
+        `replayable=True` is for work derived from durable spool rows: if its commit is
+        lost to a power cut, the spool still says pending and the work is simply redone,
+        so it need not wait for the disk.
+        """
+        factory = self._replayable if replayable else self._sessions
         try:
-            with self._sessions.begin() as session:
+            with factory.begin() as session:
+                if replayable and self.is_postgres:
+                    session.execute(text("SET LOCAL synchronous_commit = off"))
                 yield session
         except OperationalError as exc:
             raise TemporaryFailure(f"database unavailable: {_first_line(exc)}") from exc

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email
+import email.errors
 import hashlib
 import re
 from collections.abc import Iterable
@@ -200,6 +201,7 @@ def parse(raw: bytes) -> ParsedMail:
 # What those helpers raise from their own bugs on odd input; the email package's own
 # parsers are then used instead.
 _PARSER_BUGS: Final = (
+    email.errors.MessageError,  # HeaderParseError from a bad base64 word in a name
     AttributeError,
     TypeError,
     ValueError,
@@ -281,13 +283,19 @@ def _body_hash(raw: bytes, start: int) -> str:
 def _header_charset(message: Message, body_charset: str | None, defects: list[str]) -> str | None:
     """The charset for raw 8-bit header text that is not UTF-8, or None if there is none.
 
-    Mailers that write raw 8-bit headers write them in the charset of their body; a name
-    or subject alone is too short for a reliable guess. So: the charset an 8-bit body part
-    was read with, else the top Content-Type's, else a guess over all such header text.
+    Mailers that write raw 8-bit headers write them in the charset of their encoded words
+    and of their body; a name or a subject alone is too short for a reliable guess. So:
+    the charset of an RFC 2047 word in the headers, else the one an 8-bit body part was
+    read with, else the top Content-Type's, else a guess over all such header text.
     """
-    octets = []
+    octets: list[bytes] = []
+    declared: list[str | None] = []
     for _name, value in message.raw_items():
-        if isinstance(value, str) and not value.isascii():
+        if not isinstance(value, str):
+            continue
+        if "=?" in value:
+            declared.extend(match.group(1) for match in _ENCODED_WORD.finditer(value))
+        if not value.isascii():
             try:
                 value.encode("utf-8", "surrogateescape").decode("utf-8")
             except UnicodeError:
@@ -295,15 +303,16 @@ def _header_charset(message: Message, body_charset: str | None, defects: list[st
     if not octets:
         return None
     sample = b"\n".join(octets)
+    declared += [body_charset, message.get_content_charset()]
     charset = None
-    for candidate in (body_charset, message.get_content_charset()):
+    for candidate in declared:
         codec = codec_name(candidate)
-        if codec is not None and codec != "utf-8" and decode_text(sample, codec).defect is None:
+        if codec not in (None, "utf-8", "ascii") and decode_text(sample, codec).defect is None:
             charset = codec
             break
     if charset is None:
         guessed = decode_text(sample, None)
-        charset = guessed.charset if guessed.charset != "utf-8" else "cp1252"
+        charset = guessed.charset if guessed.charset not in ("utf-8", "ascii") else "cp1252"
     defects.append(f"headers: 8-bit text read as {charset}")
     return charset
 
@@ -319,6 +328,9 @@ def decode_header_value(value: str, charset: str | None = None) -> str:
     guessed. Never raises.
     """
     value = _as_text(value, charset)
+    if "\x1b" in value:
+        # Raw ISO-2022-JP, not in an encoded word (old Japanese mailers).
+        value = decode_text(value.encode("utf-8"), "iso-2022-jp").text
     if "\n" in value or "\r" in value:
         value = value.replace("\r", "").replace("\n", "")
     if "=?" in value:

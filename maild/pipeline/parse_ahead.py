@@ -1,9 +1,11 @@
 """Parse ahead in worker processes while the caller does the database work, in order.
 
-Parsing is CPU-bound and the rest of a mail's processing is mostly waiting on commits, so a
-bulk `maild ingest` overlaps them: mail N+1.. are parsed on the other cores while mail N is
-filed. Results come back in submission order, so a reply is never filed before the mail it
-answers. At most `window` mails are in flight, which bounds memory.
+Parsing is CPU-bound and the rest of a mail's processing is mostly database work, so a
+bulk `maild ingest` overlaps them: the next batches are parsed on the other cores while
+this batch is filed. Work goes out in batches because each hand-off to a process costs a
+wake-up and a GIL round trip; results come back in submission order, so a reply is never
+filed before the mail it answers. At most `window` batches are in flight, which bounds
+memory.
 """
 
 from __future__ import annotations
@@ -19,29 +21,36 @@ from maild.pipeline.process import Parsed, parse_or_error
 Key = TypeVar("Key")
 
 
-class ParseAhead(Generic[Key]):
-    def __init__(self, workers: int | None = None) -> None:
-        self._workers = workers or max(os.cpu_count() or 1, 1)
-        self._window = self._workers * 4
-        self._pool: ProcessPoolExecutor | None = None
-        self._pending: deque[tuple[Key, Future[Parsed]]] = deque()
+def _parse_batch(raws: list[bytes]) -> list[Parsed]:
+    return [parse_or_error(raw) for raw in raws]
 
-    def submit(self, key: Key, raw: bytes) -> Iterator[tuple[Key, Parsed]]:
-        """Queue one mail; yields the results that had to be taken to stay in the window."""
+
+class ParseAhead(Generic[Key]):
+    def __init__(self, workers: int | None = None, window: int = 4) -> None:
+        # One core stays with the caller, whose database work is the other half of the job.
+        self._workers = workers or max((os.cpu_count() or 2) - 1, 1)
+        self._window = window
+        self._pool: ProcessPoolExecutor | None = None
+        self._pending: deque[tuple[list[Key], Future[list[Parsed]]]] = deque()
+
+    def submit(self, keys: list[Key], raws: list[bytes]) -> Iterator[tuple[Key, Parsed]]:
+        """Queue a batch; yields the results that had to be taken to stay in the window."""
+        if not keys:
+            return
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=self._workers)
-        self._pending.append((key, self._pool.submit(parse_or_error, raw)))
+        self._pending.append((keys, self._pool.submit(_parse_batch, raws)))
         while len(self._pending) > self._window:
-            yield self._take()
+            yield from self._take()
 
     def finish(self) -> Iterator[tuple[Key, Parsed]]:
         """Everything still in flight, in order."""
         while self._pending:
-            yield self._take()
+            yield from self._take()
 
-    def _take(self) -> tuple[Key, Parsed]:
-        key, future = self._pending.popleft()
-        return key, future.result()
+    def _take(self) -> Iterator[tuple[Key, Parsed]]:
+        keys, future = self._pending.popleft()
+        yield from zip(keys, future.result(), strict=True)
 
     def close(self) -> None:
         if self._pool is not None:

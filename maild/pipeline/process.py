@@ -11,14 +11,13 @@ import logging
 from dataclasses import dataclass
 from email.utils import getaddresses
 
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
 
 from maild import spool
 from maild.clock import Clock
 from maild.config import Settings
 from maild.db import queries
-from maild.db.models import SpoolEntry
 from maild.db.session import Database
 from maild.errors import Ignore, Quarantine, TemporaryFailure
 from maild.logs import event
@@ -45,6 +44,16 @@ class Outcome:
 
 
 Parsed = ParsedMail | Exception
+
+
+def _summary(mail: Parsed | None, raw: bytes | None) -> spool.Summary:
+    if isinstance(mail, ParsedMail):
+        sender = mail.from_
+        from_ = None
+        if sender is not None:
+            from_ = f"{sender.name} <{sender.address}>" if sender.name else sender.address
+        return spool.Summary(from_, mail.subject, mail.message_id)
+    return spool.summarise(raw) if raw is not None else spool.Summary(None, None, None)
 
 
 def parse_or_error(raw: bytes) -> Parsed:
@@ -74,11 +83,7 @@ class Processor:
         `parsed` is the result of `parse_or_error` on its raw bytes, when the caller
         parsed ahead (see parse_ahead.py).
         """
-        if parsed is not None:
-            with self._db.transaction() as session:
-                entry = spool.claim(session, spool_id)
-                return None if entry is None else self._run(session, entry, parsed)
-        return self._process(spool_id=spool_id)
+        return self._process(spool_id=spool_id, parsed=parsed)
 
     def process_next(self, after_id: int = 0) -> Outcome | None:
         """Process the oldest pending mail after `after_id`; None when there is none."""
@@ -93,92 +98,120 @@ class Processor:
             last = outcome.spool_id
         return outcomes
 
-    def _process(self, *, spool_id: int | None = None, after_id: int = 0) -> Outcome | None:
-        if self._db.is_postgres:
-            # Row locks are cheap here: parse while holding the claim, so workers never
-            # parse the same mail twice.
-            with self._db.transaction() as session:
-                if spool_id is not None:
-                    entry = spool.claim(session, spool_id)
-                else:
-                    entry = spool.claim_next(session, after_id=after_id)
-                return (
-                    None if entry is None else self._run(session, entry, parse_or_error(entry.raw))
-                )
-        # SQLite has one writer lock for the whole file: parse before taking it, so the
-        # listener's spool writes are not kept waiting behind a large mail.
-        peeked = spool.peek(self._db, spool_id=spool_id, after_id=after_id)
-        if peeked is None:
-            return None
-        parsed = parse_or_error(peeked.raw)
-        with self._db.transaction() as session:
-            entry = spool.claim(session, peeked.id)
-            return None if entry is None else self._run(session, entry, parsed)
+    def _process(
+        self, *, spool_id: int | None = None, after_id: int = 0, parsed: Parsed | None = None
+    ) -> Outcome | None:
+        if parsed is None and not self._db.is_postgres:
+            # SQLite has one writer lock for the whole file: parse before taking it, so
+            # the listener's spool writes are not kept waiting behind a large mail.
+            # (PostgreSQL locks rows: parsing under the claim keeps workers from parsing
+            # the same mail twice.)
+            peeked = spool.peek(self._db, spool_id=spool_id, after_id=after_id)
+            if peeked is None:
+                return None
+            spool_id, parsed = peeked.id, parse_or_error(peeked.raw)
 
-    def _run(self, session: Session, entry: SpoolEntry, parsed: Parsed) -> Outcome:
-        step = _Step()
-        try:
-            outcome = self._pipeline_with_retry(session, entry, parsed, step)
-        except (Quarantine, Ignore) as exc:
-            state = SpoolState.QUARANTINED if isinstance(exc, Quarantine) else SpoolState.IGNORED
-            outcome = Outcome(entry.id, state, step=exc.step, reason=exc.reason)
-        except (TemporaryFailure, OperationalError):
-            raise
-        except Exception as exc:  # the one catch-all: the mail is kept, with what went wrong
-            log.exception("pipeline error", extra={"spool_id": entry.id, "step": step.name})
-            outcome = Outcome(
-                entry.id,
-                SpoolState.QUARANTINED,
-                step=step.name,
-                reason=f"{UNEXPECTED}{type(exc).__name__}: {exc}"[:2000],
-            )
+        claimed: int | None = None
+        mail: Parsed | None = parsed
+        for attempt in (1, 2):
+            step = _Step()
+            try:
+                # Replayable: a lost commit leaves the spool row pending, to be redone.
+                with self._db.transaction(replayable=True) as session:
+                    conn = session.connection()
+                    with_raw = parsed is None
+                    if spool_id is not None:
+                        entry = spool.claim(conn, spool_id, with_raw=with_raw)
+                    else:
+                        entry = spool.claim_next(conn, after_id=after_id, with_raw=with_raw)
+                    if entry is None:
+                        return None
+                    claimed = entry.id
+                    if mail is None:
+                        mail = parse_or_error(entry.raw or b"")
+                    outcome = self._pipeline(conn, entry, mail, step)
+                    self._finish(conn, entry.id, outcome, _summary(mail, entry.raw))
+                return outcome
+            except IntegrityError as exc:
+                # Another instance created the same contact or message first; a second
+                # pass sees its row. Twice is not a race any more.
+                if attempt == 1 and claimed is not None:
+                    spool_id = claimed
+                    continue
+                outcome = self._unexpected(claimed, step, exc)
+            except (Quarantine, Ignore) as exc:
+                state = (
+                    SpoolState.QUARANTINED if isinstance(exc, Quarantine) else SpoolState.IGNORED
+                )
+                outcome = Outcome(claimed or 0, state, step=exc.step, reason=exc.reason)
+            except TemporaryFailure:
+                raise
+            except Exception as exc:  # the one catch-all: the mail is kept, with what went wrong
+                if claimed is None:
+                    raise
+                outcome = self._unexpected(claimed, step, exc)
+            break
+        # The failed attempt was rolled back whole; record the outcome on its own.
+        with self._db.transaction(replayable=True) as session:
+            conn = session.connection()
+            unreadable = not isinstance(mail, ParsedMail)
+            entry = None if claimed is None else spool.claim(conn, claimed, with_raw=unreadable)
+            if entry is None:
+                return None
+            self._finish(conn, entry.id, outcome, _summary(mail, entry.raw))
+        return outcome
+
+    def _unexpected(self, spool_id: int | None, step: _Step, exc: Exception) -> Outcome:
+        log.error("pipeline error", exc_info=exc, extra={"spool_id": spool_id, "step": step.name})
+        return Outcome(
+            spool_id or 0,
+            SpoolState.QUARANTINED,
+            step=step.name,
+            reason=f"{UNEXPECTED}{type(exc).__name__}: {exc}"[:2000],
+        )
+
+    def _finish(
+        self, conn: Connection, spool_id: int, outcome: Outcome, summary: spool.Summary
+    ) -> None:
         spool.finish(
-            entry, outcome.state, self._clock.now(), step=outcome.step, reason=outcome.reason
+            conn,
+            spool_id,
+            outcome.state,
+            self._clock.now(),
+            summary,
+            step=outcome.step,
+            reason=outcome.reason,
         )
         event(
             log,
             "mail processed",
-            spool_id=entry.id,
-            message_id=entry.header_message_id,
+            spool_id=spool_id,
+            message_id=summary.message_id,
             result=outcome.state.value,
             ticket=outcome.ticket_number,
             step=outcome.step,
             reason=outcome.reason,
         )
-        return outcome
-
-    def _pipeline_with_retry(
-        self, session: Session, entry: SpoolEntry, parsed: Parsed, step: _Step
-    ) -> Outcome:
-        # A concurrent instance may create the same contact or message first; the unique
-        # constraint tells us, and a second pass sees its row.
-        try:
-            with session.begin_nested():
-                return self._pipeline(session, entry, parsed, step)
-        except IntegrityError:
-            with session.begin_nested():
-                return self._pipeline(session, entry, parsed, step)
 
     def _pipeline(
-        self, session: Session, entry: SpoolEntry, parsed: Parsed, step: _Step
+        self, conn: Connection, entry: spool.Claimed, parsed: Parsed, step: _Step
     ) -> Outcome:
-        envelope = Envelope(**{**entry.envelope, "rcpt_to": tuple(entry.envelope["rcpt_to"])})
+        envelope = entry.envelope
         step.name = "parse"
         if isinstance(parsed, Exception):
             raise parsed
         mail = parsed
 
         step.name = "dedupe"
-        duplicate = queries.find_message(session, mail.message_id, mail.body_hash)
-        if duplicate is not None:
-            number = duplicate.ticket.number
+        number = queries.find_duplicate(conn, mail.message_id, mail.body_hash)
+        if number is not None:
             raise Ignore("dedupe", f"duplicate of {mail.message_id} already in ticket {number}")
 
         step.name = "classify"
         mail_class = classify(mail, envelope)
 
         step.name = "thread"
-        decision = thread(mail, queries.SqlThreadIndex(session), self._numbering)
+        decision = thread(mail, queries.SqlThreadIndex(conn), self._numbering)
         if decision.ticket_id is None:
             if mail_class in (MailClass.AUTO_REPLY, MailClass.BOUNCE):
                 raise Ignore("classify", f"{mail_class.value} that belongs to no ticket")
@@ -188,7 +221,7 @@ class Processor:
 
         step.name = "apply"
         applied = apply(
-            session,
+            conn,
             mail=mail,
             mail_class=mail_class,
             decision=decision,

@@ -64,6 +64,29 @@ _NOT_CHARSETS: Final = frozenset(
     }
 )
 
+# Codecs for which ASCII bytes do not mean ASCII text.
+_NOT_ASCII_BASED: Final = (
+    "iso2022",
+    "utf-7",
+    "utf-16",
+    "utf-32",
+    "hz",
+    "cp037",
+    "cp273",
+    "cp424",
+    "cp500",
+    "cp875",
+    "cp1026",
+    "cp1140",
+)
+
+_HUNGARIAN_AS_LATIN1: Final = re.compile("[\u00f5\u00fb\u00d5\u00db]")
+_NOT_HUNGARIAN: Final = re.compile(
+    "[\u00e3\u00c3\u00e2\u00c2\u00e0\u00c0\u00e8\u00c8\u00ea\u00ca\u00eb\u00cb\u00ee"
+    "\u00ce\u00ef\u00f4\u00d4\u00f9\u00d9\u00e7\u00c7\u00f1\u00d1\u00e4\u00c4]"
+)
+_ACUTE_VOWEL: Final = re.compile("[\u00e1\u00e9\u00ed\u00f3\u00fa\u00c1\u00c9\u00cd\u00d3\u00da]")
+
 # charset-normalizer is slow on big input and needs only a sample to decide.
 _DETECT_SAMPLE: Final = 64 * 1024
 
@@ -113,12 +136,24 @@ def decode_text(payload: bytes, declared: str | None) -> Decoded:
     best guess, then UTF-8 with replacement characters. Never raises. Backslashes are
     kept exactly: no codec that processes escapes is ever used.
     """
-    if payload.isascii():
-        return Decoded(payload.decode("ascii"), "ascii")
     codec = codec_name(declared)
+    if payload.isascii():
+        if b"\x1b" in payload:
+            # ISO-2022 (Japanese mail, often undeclared) is 7-bit: escape sequences switch
+            # the character set.
+            stateful = codec if codec and codec.startswith("iso2022") else "iso2022_jp"
+            text = _try_decode(payload, stateful)
+            if text is not None:
+                return Decoded(text, stateful)
+        elif codec is None or not codec.startswith(_NOT_ASCII_BASED):
+            return Decoded(payload.decode("ascii"), "ascii")
     if codec is not None:
         text = _try_decode(payload, codec)
         if text is not None:
+            if codec == "cp1252" and _HUNGARIAN_AS_LATIN1.search(text):
+                fixed = _hungarian_latin2(payload, text)
+                if fixed is not None:
+                    return fixed
             return Decoded(text, codec)
     if declared and codec is None:
         problem = f"unknown charset {declared.strip()[:40]!r}"
@@ -141,6 +176,21 @@ def decode_text(payload: bytes, declared: str | None) -> Decoded:
             return Decoded(text, guessed, f"charset: {problem}, guessed {guessed}")
     text = payload.decode("utf-8", errors="replace")
     return Decoded(text, "utf-8", f"charset: {problem}, undecodable bytes replaced")
+
+
+def _hungarian_latin2(payload: bytes, text: str) -> Decoded | None:
+    """Hungarian text sent as Latin-2/Windows-1250 but declared ISO-8859-1.
+
+    Read as Latin-1 the two letters Latin-1 lacks come out as "õ" and "û" ("mûködik").
+    Other languages with õ or û (Portuguese, French, Estonian) give themselves away with
+    letters Hungarian never uses, or by the lack of acute vowels.
+    """
+    if _NOT_HUNGARIAN.search(text) or not _ACUTE_VOWEL.search(text):
+        return None
+    fixed = _try_decode(payload, "cp1250")
+    if fixed is None:
+        return None
+    return Decoded(fixed, "cp1250", "charset: not iso-8859-1, Hungarian read as cp1250")
 
 
 def normalize_newlines(text: str) -> str:
