@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
@@ -13,6 +14,18 @@ from maild.db.session import Database, make_engine
 from maild.errors import TemporaryFailure
 from maild.numbering import Numbering
 from maild.pipeline.process import Processor
+from maild.rules import Directory, RuleHolder, RuleSet
+
+
+def load_rule_holder(directory: Path) -> RuleHolder:
+    """The rules in `directory`; without that directory, no rules (every default applies).
+
+    Raises RuleError (naming file:line) when the rules are broken: maild does not start
+    with rules it cannot follow. A running daemon keeps its last good set instead.
+    """
+    if not directory.exists():
+        return RuleHolder(directory, RuleSet((), Directory(), ()))
+    return RuleHolder.load(directory)
 
 
 class SchemaOutOfDate(TemporaryFailure):
@@ -32,7 +45,16 @@ class App:
             )
         )
         self.numbering = Numbering(self.settings.tickets)
-        self.processor = Processor(self.db, self.settings, self.clock)
+        self._rules: RuleHolder | None = None
+        self.processor = Processor(self.db, self.settings, self.clock, lambda: self.rules.current)
+
+    @property
+    def rules(self) -> RuleHolder:
+        """The routing rules, loaded on first use: reading tickets needs no rules, and a
+        broken rules file must not lock the operator out of the read commands."""
+        if self._rules is None:
+            self._rules = load_rule_holder(self.settings.paths.rules)
+        return self._rules
 
     def prepare_schema(self) -> None:
         """Upgrade embedded SQLite on start; PostgreSQL is upgraded by the operator."""

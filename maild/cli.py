@@ -9,21 +9,25 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from maild import daemon, logs, spool, views
 from maild.app import App
-from maild.config import load_settings
+from maild.config import Settings, load_settings
 from maild.db import migrate
 from maild.db.models import SpoolEntry
-from maild.errors import ConfigError, TemporaryFailure
+from maild.errors import ConfigError, Quarantine, TemporaryFailure
 from maild.pipeline.parse_ahead import ParseAhead
 from maild.pipeline.process import Parsed
 from maild.receive.ingest import MissingInput, check_inputs, read_inputs
+from maild.rules import RuleError
+from maild.rules import cli as rules_cli
 from maild.types import Envelope
 
 EX_OK = 0
 EX_USAGE = 64
+EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
@@ -83,6 +87,18 @@ def _build_parser() -> argparse.ArgumentParser:
     target.add_argument("--all", action="store_true")
     retry.set_defaults(handler=_quarantine_retry)
 
+    rules = commands.add_parser("rules", help="routing rules").add_subparsers(
+        dest="action", required=True
+    )
+    check = rules.add_parser("check", parents=[common], help="validate a rules directory")
+    check.add_argument("directory", nargs="?", help="default: [paths] rules")
+    check.set_defaults(handler=_rules_check, needs_app=False)
+    trial = rules.add_parser("test", parents=[common], help="show how the rules route a mail")
+    trial.add_argument("mail", help="an .eml file, or - for stdin")
+    trial.add_argument("--json", action="store_true")
+    trial.add_argument("--as-reply", action="store_true", help="as a follow-up to a ticket")
+    trial.set_defaults(handler=_rules_test, needs_app=False)
+
     db = commands.add_parser("db", help="database schema").add_subparsers(
         dest="action", required=True
     )
@@ -104,11 +120,18 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
         print(f"maild: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
     logs.configure(settings.logging.format, settings.logging.level)
+    if not getattr(args, "needs_app", True):
+        return int(args.handler(settings, args, out))
     app = App(settings)
     try:
         if handler is not _db_upgrade:
             app.prepare_schema()
+        if handler in (_run, _ingest, _quarantine_retry):
+            _ = app.rules  # fail before accepting or filing any mail
         return handler(app, args, out)
+    except RuleError as exc:
+        print(f"maild: the rules are broken, nothing was done:\n{exc}", file=sys.stderr)
+        return EX_CONFIG
     except MissingInput as exc:
         print(f"maild: {exc}", file=sys.stderr)
         return EX_NOINPUT
@@ -240,6 +263,32 @@ def _quarantine_retry(app: App, args: argparse.Namespace, out: TextIO) -> int:
     outcomes = app.processor.drain()
     states = Counter(o.state.value for o in outcomes)
     print(f"retried {count}: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())), file=out)
+    return EX_OK
+
+
+def _rules_check(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    code, text = rules_cli.check(args.directory or settings.paths.rules)
+    print(text, file=out if code == EX_OK else sys.stderr)
+    return code
+
+
+def _rules_test(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    if args.mail == "-":
+        raw = sys.stdin.buffer.read()
+    else:
+        try:
+            raw = Path(args.mail).read_bytes()
+        except OSError as exc:
+            print(f"maild: {args.mail}: {exc.strerror}", file=sys.stderr)
+            return EX_NOINPUT
+    try:
+        print(rules_cli.test(raw, settings.paths.rules, args.as_reply, args.json), file=out)
+    except RuleError as exc:
+        print(f"maild: the rules are broken:\n{exc}", file=sys.stderr)
+        return EX_CONFIG
+    except Quarantine as exc:
+        print(f"maild: {args.mail} is not a mail maild can read: {exc.reason}", file=sys.stderr)
+        return EX_DATAERR
     return EX_OK
 
 

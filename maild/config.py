@@ -7,13 +7,23 @@ what was expected, before anything runs.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from maild.errors import ConfigError
 
@@ -120,6 +130,107 @@ class PathSettings(_Section):
     templates: Path = Path("templates")
 
 
+class ImapSettings(_Section):
+    """One IMAP mailbox that maild empties into the spool (`[[imap]]`)."""
+
+    # Names the mailbox in logs, /healthz, metrics and the checkpoint and lease rows.
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")
+    host: str = Field(min_length=1)
+    # Default: 993 for implicit TLS, 143 otherwise.
+    port: int | None = Field(default=None, ge=1, le=65535)
+    tls: Literal["implicit", "starttls", "none"] = "implicit"
+    # Plaintext IMAP is refused unless this is true AND the host is a loopback address.
+    allow_plaintext: bool = Field(default=False, validate_default=True)
+    # A PEM bundle of CAs to trust instead of the system's (a private CA).
+    ca_file: Path | None = None
+    username: str = Field(min_length=1)
+    # Exactly one of these: the password itself, or the environment variable holding it.
+    password: SecretStr | None = None
+    password_env: str | None = Field(default=None, validate_default=True)
+    # The support address this mailbox stands for: the envelope recipient of its mail.
+    address: str = Field(min_length=3)
+    folders: list[str] = Field(default_factory=lambda: ["INBOX"], min_length=1)
+    # After a mail is safely spooled: move it, flag it \Seen, or delete it.
+    after: Literal["move", "flag", "delete"] = "move"
+    # Folder names use "/" as separator; it is translated to the server's own.
+    move_to: str = Field(default="maild/processed", validate_default=True)
+    too_large_folder: str = "maild/too-large"
+    # Use IDLE when the server offers it (and one folder is watched); else poll.
+    idle: bool = True
+    # IDLE is re-issued this often; RFC 2177 servers may drop it after 30 minutes.
+    idle_renew: float = Field(default=25 * 60, gt=0, le=29 * 60)
+    poll_interval: float = Field(default=60.0, gt=0)
+    # Mails fetched per FETCH command.
+    batch_size: int = Field(default=50, ge=1, le=1000)
+    # Socket timeout for connecting and for each command (seconds).
+    timeout: float = Field(default=60.0, gt=0)
+    # Reconnect waits grow from 1 s up to this after repeated errors.
+    max_backoff: float = Field(default=300.0, ge=1)
+    # How long a poller's claim on the mailbox lasts without renewal (several instances).
+    lease_seconds: float = Field(default=60.0, ge=3)
+
+    @field_validator("address")
+    @classmethod
+    def _address_lower(cls, value: str) -> str:
+        value = value.strip().lower()
+        if "@" not in value:
+            raise ValueError("must be an e-mail address")
+        return value
+
+    @field_validator("move_to", "too_large_folder")
+    @classmethod
+    def _folder_name(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip("/")
+        if not value or value.upper() == "INBOX":
+            raise ValueError("must name a folder other than INBOX")
+        if info.field_name == "move_to" and value in info.data.get("folders", ()):
+            raise ValueError("must not be one of the watched folders")
+        return value
+
+    # The cross-field checks sit on single fields (declared after the fields they read):
+    # an error then quotes that field's value only, never the whole table and its password.
+    @field_validator("allow_plaintext")
+    @classmethod
+    def _plaintext_only_to_loopback(cls, value: bool, info: ValidationInfo) -> bool:
+        if info.data.get("tls") != "none":
+            return value
+        if not value:
+            raise ValueError("tls = 'none' needs allow_plaintext = true")
+        if not _is_loopback(str(info.data.get("host", ""))):
+            raise ValueError("tls = 'none' is only allowed to a loopback host")
+        return value
+
+    @field_validator("password_env")
+    @classmethod
+    def _one_password(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if (info.data.get("password") is None) == (value is None):
+            raise ValueError("set exactly one of 'password' and 'password_env'")
+        return value
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 993 if self.tls == "implicit" else 143
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _unique_imap_names(mailboxes: list[ImapSettings]) -> list[ImapSettings]:
+    names = [m.name for m in mailboxes]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate [[imap]] name: {', '.join(duplicates)}")
+    return mailboxes
+
+
 class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     tickets: TicketSettings = TicketSettings()
@@ -130,6 +241,9 @@ class Settings(_Section):
     smtp: SmtpSettings = SmtpSettings()
     daemon: DaemonSettings = DaemonSettings()
     http: HttpSettings = HttpSettings()
+    imap: Annotated[list[ImapSettings], AfterValidator(_unique_imap_names)] = Field(
+        default_factory=list
+    )
     source: str = Field(default="<defaults>", exclude=True)
 
     def is_support_address(self, address: str) -> bool:

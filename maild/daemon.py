@@ -7,8 +7,12 @@ import logging
 import multiprocessing
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from watchfiles import awatch
 
 from maild import spool
 from maild.app import App
@@ -18,7 +22,7 @@ from maild.pipeline.process import Outcome
 from maild.receive.smtp import Listener, serve
 from maild.scheduler import Scheduler
 from maild.types import Envelope
-from maild.worker import Flag, process_main, work
+from maild.worker import Counter, Flag, Generation, process_main, work
 
 log = logging.getLogger("maild.daemon")
 
@@ -38,18 +42,31 @@ class _Workers:
         count = self.app.settings.daemon.workers
         if count == 0:
             self.wake, self.stop = threading.Event(), threading.Event()
+            self.rules_generation: Generation = Counter()
             return
         context = multiprocessing.get_context("spawn")
         self.wake, self.stop = context.Event(), context.Event()
+        self.rules_generation = context.Value("i", 0)
         self._results = context.Queue()
         self._processes = [
             context.Process(
                 target=process_main,
-                args=(self.app.settings, self.wake, self.stop, self._results),
+                args=(
+                    self.app.settings,
+                    self.wake,
+                    self.stop,
+                    self._results,
+                    self.rules_generation,
+                ),
                 name=f"maild-worker-{i}",
             )
             for i in range(count)
         ]
+
+    def reload_rules(self) -> None:
+        """Have every worker re-read the rules before its next mail."""
+        self.rules_generation.value += 1
+        self.wake.set()
 
     def start(self) -> None:
         if not self._processes:
@@ -62,6 +79,7 @@ class _Workers:
                     self._record,
                     self.app.settings.daemon.poll_interval,
                 ),
+                kwargs={"rules": (self.rules_generation, self.app.rules)},
                 name="maild-worker",
             )
             thread.start()
@@ -125,9 +143,20 @@ async def run(app: App) -> int:
         )
         health.start()
 
+    def reload_rules(why: str) -> None:
+        # The daemon validates first: workers only re-read rules that load cleanly, and
+        # a broken edit keeps the last good rules everywhere.
+        event(log, "rules reload requested", why=why)
+        if app.rules.reload().ok:
+            workers.reload_rules()
+        else:
+            metrics.rules_reload_failures.inc()
+
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_rules, "SIGHUP")
+    watcher = asyncio.create_task(_watch_rules(settings.paths.rules, reload_rules, stopping))
 
     event(
         log,
@@ -139,6 +168,7 @@ async def run(app: App) -> int:
     await stopping.wait()
 
     event(log, "stopping")
+    await watcher
     for server in servers:
         server.close()
     await listener.drain(settings.smtp.shutdown_grace)
@@ -148,6 +178,18 @@ async def run(app: App) -> int:
         health.stop()
     event(log, "stopped")
     return 0
+
+
+async def _watch_rules(
+    directory: Path, reload: Callable[[str], None], stopping: asyncio.Event
+) -> None:
+    """Reload when a file in the rules directory changes (editors save in bursts: one
+    reload per burst)."""
+    if not directory.is_dir():
+        return
+    async for changes in awatch(directory, stop_event=stopping, debounce=300, recursive=False):
+        names = sorted({Path(path).name for _, path in changes})
+        reload("changed: " + ", ".join(names))
 
 
 def _describe(server: asyncio.AbstractServer) -> str:

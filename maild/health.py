@@ -41,6 +41,11 @@ class Metrics:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        self.rules_reload_failures = Counter(
+            "maild_rules_reload_failures",
+            "Rule reloads rejected (the last good rules stayed in force)",
+            registry=self.registry,
+        )
         self.registry.register(_SpoolCollector(db, clock))
 
 

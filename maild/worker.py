@@ -23,10 +23,24 @@ from maild.config import Settings
 from maild.errors import TemporaryFailure
 from maild.logs import event
 from maild.pipeline.process import Outcome, Processor
+from maild.rules import RuleHolder
 
 log = logging.getLogger("maild.worker")
 
 Report = Callable[[Outcome, float], None]
+
+
+class Generation(Protocol):
+    """A counter the daemon bumps when the rules changed (multiprocessing.Value fits)."""
+
+    value: int
+
+
+class Counter:
+    """A Generation for a worker thread."""
+
+    def __init__(self) -> None:
+        self.value = 0
 
 
 class Flag(Protocol):
@@ -45,11 +59,20 @@ def work(
     report: Report,
     poll_interval: float,
     alive: Callable[[], bool] = lambda: True,
+    rules: tuple[Generation, RuleHolder] | None = None,
 ) -> None:
-    """Drain, then sleep until woken or the poll interval passes; until `stop` is set."""
+    """Drain, then sleep until woken or the poll interval passes; until `stop` is set.
+
+    `rules`: when the generation moves, reload the holder before the next mail.
+    """
     backoff = poll_interval
+    seen = rules[0].value if rules else 0
+    event(log, "worker started")
     while not stop.is_set() and alive():
         wake.clear()
+        if rules is not None and rules[0].value != seen:
+            seen = rules[0].value
+            rules[1].reload()
         try:
             _drain(processor, stop, report)
             backoff = poll_interval
@@ -77,6 +100,7 @@ def process_main(
     wake: Flag,
     stop: Flag,
     results: multiprocessing.queues.Queue[tuple[str, float]],
+    generation: Generation,
 ) -> None:
     """Entry point of a worker process."""
     _die_with_parent()
@@ -95,6 +119,7 @@ def process_main(
             lambda outcome, seconds: results.put((outcome.state.value, seconds)),
             settings.daemon.poll_interval,
             alive=lambda: parent is None or parent.is_alive(),
+            rules=(generation, app.rules),
         )
     finally:
         app.close()

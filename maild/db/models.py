@@ -69,7 +69,10 @@ class Ticket(Base):
     queue: Mapped[str | None] = mapped_column(String(64))
     team: Mapped[str | None] = mapped_column(String(64))
     tier: Mapped[int | None]
-    assignee: Mapped[str | None] = mapped_column(String(320))
+    assignee: Mapped[str | None] = mapped_column(String(320), index=True)
+    # When the assignee was last set: round-robin assignment continues after the latest.
+    assigned_at: Mapped[datetime | None]
+    tags: Mapped[list[str]] = mapped_column(default=list)
     requester_id: Mapped[int] = mapped_column(ForeignKey("contact.id"))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -158,3 +161,29 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(64))
     actor: Mapped[str] = mapped_column(String(320))
     data: Mapped[dict[str, Any]]
+
+
+class ImapCheckpoint(Base):
+    """How far a mailbox folder has been taken into the spool and acknowledged.
+
+    Messages with a UID above `last_uid` are new, as long as the folder's UIDVALIDITY
+    is still `uidvalidity`; when it changes the folder is rescanned from the start.
+    """
+
+    __tablename__ = "imap_checkpoint"
+
+    mailbox: Mapped[str] = mapped_column(String(200), primary_key=True)
+    folder: Mapped[str] = mapped_column(String(500), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime]
+
+
+class ImapLease(Base):
+    """Which instance polls a mailbox; another may take it over once `expires_at` passed."""
+
+    __tablename__ = "imap_lease"
+
+    mailbox: Mapped[str] = mapped_column(String(200), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime]

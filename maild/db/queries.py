@@ -133,3 +133,34 @@ def message_counts(session: Session, ticket_ids: list[int]) -> dict[int, int]:
         .group_by(Message.ticket_id)
     ).all()
     return {ticket_id: int(count) for ticket_id, count in rows}
+
+
+_OPEN_TICKETS_OF = select(func.count()).where(
+    Ticket.assignee == bindparam("agent"), Ticket.status.not_in(["resolved", "closed"])
+)
+_LAST_ASSIGNED_IN = (
+    select(Ticket.assignee)
+    .where(Ticket.team == bindparam("team"), Ticket.assigned_at.is_not(None))
+    .order_by(Ticket.assigned_at.desc(), Ticket.id.desc())
+    .limit(1)
+)
+_KNOWN_CONTACT = select(Contact.id).where(Contact.address == bindparam("address"))
+
+
+class SqlAgentLoad:
+    """The rules' AgentLoad, answered from the tickets table."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def open_tickets(self, agent_address: str) -> int:
+        return int(self._conn.scalar(_OPEN_TICKETS_OF, {"agent": agent_address}) or 0)
+
+    def last_assigned(self, team: str) -> str | None:
+        return self._conn.scalar(_LAST_ASSIGNED_IN, {"team": team})
+
+
+def is_known_contact(conn: Connection, address: str | None) -> bool:
+    if not address:
+        return False
+    return conn.scalar(_KNOWN_CONTACT, {"address": address.lower()}) is not None

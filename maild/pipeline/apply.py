@@ -6,7 +6,7 @@ rather than through the ORM's unit of work; the models stay the schema and the r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from maild.db.base import Base
 from maild.db.models import Attachment, Event, Message, Ticket
 from maild.numbering import Numbering
 from maild.pipeline.thread import ThreadDecision, ThreadReason
+from maild.rules import Assignment, RouteDecision
 from maild.types import Address, Direction, MailClass, MessageKind, ParsedMail, TicketStatus
 
 SYSTEM_ACTOR = "maild"
@@ -83,17 +84,23 @@ def apply(
     decision: ThreadDecision,
     requester: tuple[str, str],
     spool_id: int,
+    route: RouteDecision,
+    assignment: Assignment | None,
     settings: Settings,
     numbering: Numbering,
     now: datetime,
 ) -> Applied:
-    """Store the mail in its ticket (opening one if the decision says so)."""
+    """Store the mail in its ticket (opening one if the decision says so), with the fields,
+    tags and assignee routing chose."""
     people = _participants(mail, requester, settings)
     contact_ids = queries.contacts_for(conn, people, now)
     events: list[EventRow] = []
+    routed = _routed_fields(route, assignment, now)
 
     if decision.ticket_id is None:
-        ticket_id, number = _open_ticket(conn, mail, contact_ids[requester[0]], numbering, now)
+        ticket_id, number = _open_ticket(
+            conn, mail, contact_ids[requester[0]], routed, route.tags, numbering, now
+        )
         events.append(
             EventRow(
                 ticket_id,
@@ -108,7 +115,7 @@ def apply(
     else:
         ticket_id = decision.ticket_id
         current = conn.execute(
-            select(Ticket.number, Ticket.status).where(Ticket.id == ticket_id)
+            select(Ticket.number, Ticket.status, Ticket.tags).where(Ticket.id == ticket_id)
         ).one()
         number, status = str(current.number), current.status
         changes: dict[str, Any] = {"updated_at": now}
@@ -116,14 +123,20 @@ def apply(
             status in _REOPENED_BY_CUSTOMER
         ):
             changes["status"] = TicketStatus.OPEN
+        changes.update({k: v for k, v in routed.items() if v is not None})
+        if route.tags or route.tags_removed:
+            changes["tags"] = _merge_tags(current.tags or [], route.tags, route.tags_removed)
+        if changes.get("status", status) != status:
+            why = "routing rule" if route.status else "customer replied"
             events.append(
                 EventRow(
                     ticket_id,
                     "status_changed",
-                    {"from": status, "to": TicketStatus.OPEN, "why": "customer replied"},
+                    {"from": status, "to": changes["status"], "why": why},
                 )
             )
         conn.execute(update(_TICKET).where(_TICKET.c.id == ticket_id).values(**changes))
+    events += _route_events(ticket_id, route, assignment)
 
     roles = {address: "cc" for address in contact_ids}
     if decision.ticket_id is None:
@@ -150,15 +163,59 @@ def _participants(
     return people
 
 
+def _routed_fields(
+    route: RouteDecision, assignment: Assignment | None, now: datetime
+) -> dict[str, Any]:
+    """Ticket columns routing sets; None means "not set by the rules"."""
+    agent = assignment.agent if assignment else None
+    return {
+        "queue": route.queue,
+        "team": route.team,
+        "tier": route.tier,
+        "priority": route.priority,
+        "type": route.ticket_type,
+        "status": route.status.value if route.status else None,
+        "sla_policy": route.sla,
+        "assignee": agent,
+        "assigned_at": now if agent else None,
+    }
+
+
+def _merge_tags(current: list[str], added: tuple[str, ...], removed: tuple[str, ...]) -> list[str]:
+    merged = [tag for tag in current if tag not in removed]
+    merged += [tag for tag in added if tag not in merged]
+    return merged
+
+
+def _route_events(
+    ticket_id: int, route: RouteDecision, assignment: Assignment | None
+) -> list[EventRow]:
+    """One event per rule that fired (with the conditions that matched), and the assignment."""
+    events = [EventRow(ticket_id, "rule_fired", asdict(fired)) for fired in route.fired]
+    if assignment is not None:
+        events.append(
+            EventRow(ticket_id, "assigned", {"agent": assignment.agent, "why": assignment.note})
+        )
+    return events
+
+
 def _open_ticket(
-    conn: Connection, mail: ParsedMail, requester_id: int, numbering: Numbering, now: datetime
+    conn: Connection,
+    mail: ParsedMail,
+    requester_id: int,
+    routed: dict[str, Any],
+    tags: tuple[str, ...],
+    numbering: Numbering,
+    now: datetime,
 ) -> tuple[int, str]:
     ticket_id = conn.execute(
         _INSERT_TICKET,
         {
+            **routed,
             "subject": mail.subject or "(no subject)",
-            "status": TicketStatus.NEW,
-            "priority": "normal",
+            "status": routed["status"] or TicketStatus.NEW,
+            "priority": routed["priority"] or "normal",
+            "tags": list(tags),
             "requester_id": requester_id,
             "created_at": now,
             "updated_at": now,

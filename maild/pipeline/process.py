@@ -8,6 +8,7 @@ with the step it happened in. Only database outages leave the mail pending.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import getaddresses
 
@@ -26,6 +27,7 @@ from maild.pipeline.apply import apply
 from maild.pipeline.classify import classify
 from maild.pipeline.parse import parse
 from maild.pipeline.thread import thread
+from maild.rules import RuleSet, choose_agent
 from maild.types import Envelope, MailClass, ParsedMail, SpoolState
 
 log = logging.getLogger("maild.process")
@@ -71,10 +73,16 @@ class _Step:
 
 
 class Processor:
-    def __init__(self, db: Database, settings: Settings, clock: Clock) -> None:
+    """`rules` gives the routing rules in force; it is asked once per mail, so a reload
+    takes effect from the next mail on."""
+
+    def __init__(
+        self, db: Database, settings: Settings, clock: Clock, rules: Callable[[], RuleSet]
+    ) -> None:
         self._db = db
         self._settings = settings
         self._clock = clock
+        self._rules = rules
         self._numbering = Numbering(settings.tickets)
 
     def process(self, spool_id: int, parsed: Parsed | None = None) -> Outcome | None:
@@ -219,6 +227,25 @@ class Processor:
         else:
             requester = ("", "")
 
+        step.name = "route"
+        rules = self._rules()
+        sender = mail.from_.address if mail.from_ else None
+        route = rules.route(
+            mail,
+            envelope,
+            mail_class=mail_class,
+            is_reply=decision.ticket_id is not None,
+            came_in_on=self._came_in_on(envelope),
+            known_customer=queries.is_known_contact(conn, sender),
+        )
+        if route.disposition is not None:
+            if route.disposition.action == "quarantine":
+                raise Quarantine("route", route.disposition.reason)
+            raise Ignore("route", route.disposition.reason)
+        assignment = None
+        if route.assign is not None:
+            assignment = choose_agent(route.assign, rules.directory, queries.SqlAgentLoad(conn))
+
         step.name = "apply"
         applied = apply(
             conn,
@@ -226,12 +253,21 @@ class Processor:
             mail_class=mail_class,
             decision=decision,
             requester=requester,
+            route=route,
+            assignment=assignment,
             spool_id=entry.id,
             settings=self._settings,
             numbering=self._numbering,
             now=self._clock.now(),
         )
         return Outcome(entry.id, SpoolState.DONE, ticket_number=applied.ticket_number)
+
+    def _came_in_on(self, envelope: Envelope) -> str | None:
+        """The support address the mail was delivered to, when the transport says so."""
+        for rcpt in envelope.rcpt_to:
+            if self._settings.is_support_address(rcpt):
+                return rcpt.lower()
+        return None
 
     def _requester(self, mail: ParsedMail, envelope: Envelope) -> tuple[str, str]:
         address, name = _sender(mail, envelope)
