@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 from maild.clock import Clock, SystemClock
 from maild.config import Settings
 from maild.db import migrate
-from maild.db.session import Database, make_engine
+from maild.db.session import Database
 from maild.errors import TemporaryFailure
 from maild.numbering import Numbering
 from maild.pipeline.process import Processor
@@ -39,10 +39,8 @@ class App:
 
     def __post_init__(self) -> None:
         self.db = Database(
-            make_engine(
-                self.settings.database.url,
-                busy_timeout_ms=self.settings.database.sqlite_busy_timeout_ms,
-            )
+            self.settings.database.url,
+            busy_timeout_ms=self.settings.database.sqlite_busy_timeout_ms,
         )
         self.numbering = Numbering(self.settings.tickets)
         self._rules: RuleHolder | None = None

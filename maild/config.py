@@ -214,6 +214,61 @@ class ImapSettings(_Section):
         return 993 if self.tls == "implicit" else 143
 
 
+class OutboundSettings(_Section):
+    """Outbound mail: the SMTP relay, the acknowledgement, loop protection (`[outbound]`)."""
+
+    # Acknowledgements are queued only when this is true; the sender runs regardless.
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    # "starttls" upgrades a plain connection; "implicit" is SMTPS (usually port 465).
+    tls: Literal["none", "starttls", "implicit"] = "none"
+    # A PEM bundle of CAs to trust instead of the system's (a private relay).
+    ca_file: Path | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout: float = Field(default=30.0, gt=0)
+    # The domain of our Message-IDs; default: the domain of the sending support address.
+    message_id_domain: str | None = None
+    # Written into X-Maild-Loop: a mail carrying it back to us is never answered.
+    instance_id: str = Field(default="maild", min_length=1, pattern=r"^[A-Za-z0-9._@-]+$")
+    # Template language when the mail and the rules do not choose one.
+    language: str = Field(default="en", pattern=r"^[a-z]{2,3}$")
+    # Senders never answered automatically (regexes on the local part, case-insensitive).
+    no_reply_patterns: list[str] = Field(
+        default_factory=lambda: [
+            r"^(mailer-daemon|postmaster|listserv|majordomo|bounces?)$",
+            r"^no[-_.]?reply",
+            r"^do[-_.]?not[-_.]?reply",
+            r"^(owner|bounces?)-",
+            r"-(request|bounces?|owner)$",
+        ]
+    )
+    # Automatic mails to one recipient, at most.
+    max_per_hour: int = Field(default=5, ge=0)
+    max_per_day: int = Field(default=20, ge=0)
+    # Due rows taken per sender pass, and how often the daemon runs a pass (seconds).
+    batch_size: int = Field(default=20, ge=1, le=1000)
+    interval: float = Field(default=5.0, gt=0)
+    # A claimed row is taken again after this long if its sender died mid-send.
+    claim_seconds: float = Field(default=300.0, gt=0)
+    # Temporary failures: retry after retry_base * 2^(attempt-1), at most retry_max apart,
+    # until the row is max_age old; then it fails.
+    retry_base: float = Field(default=60.0, gt=0)
+    retry_max: float = Field(default=3600.0, gt=0)
+    max_age: float = Field(default=5 * 24 * 3600.0, gt=0)
+
+    @field_validator("no_reply_patterns")
+    @classmethod
+    def _patterns_compile(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {value!r}: {exc}") from exc
+        return values
+
+
 def _is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -244,6 +299,7 @@ class Settings(_Section):
     imap: Annotated[list[ImapSettings], AfterValidator(_unique_imap_names)] = Field(
         default_factory=list
     )
+    outbound: OutboundSettings = OutboundSettings()
     source: str = Field(default="<defaults>", exclude=True)
 
     def is_support_address(self, address: str) -> bool:

@@ -19,6 +19,7 @@ from maild.app import App
 from maild.health import HealthServer, Metrics, spool_status
 from maild.logs import event
 from maild.pipeline.process import Outcome
+from maild.receive.imap import start_pollers
 from maild.receive.smtp import Listener, serve
 from maild.scheduler import Scheduler
 from maild.types import Envelope
@@ -131,6 +132,11 @@ async def run(app: App) -> int:
     listener = Listener(settings, put, lambda result: metrics.received.labels("smtp", result).inc())
     servers = [await serve(listener, one) for one in settings.listener]
     workers.start()
+    pollers = (
+        start_pollers(settings, app.db, app.clock, workers.wake.set, metrics)
+        if settings.imap
+        else None
+    )
 
     scheduler = Scheduler()
     scheduler.every("spool-poll", settings.daemon.poll_interval, workers.wake.set)
@@ -138,9 +144,12 @@ async def run(app: App) -> int:
 
     health: HealthServer | None = None
     if settings.http.enabled:
-        health = HealthServer(
-            settings.http.host, settings.http.port, metrics, lambda: spool_status(app.db, app.clock)
-        )
+
+        def status() -> dict[str, Any]:
+            imap = {"imap": pollers.status()} if pollers is not None else {}
+            return {**spool_status(app.db, app.clock), **imap}
+
+        health = HealthServer(settings.http.host, settings.http.port, metrics, status)
         health.start()
 
     def reload_rules(why: str) -> None:
@@ -173,6 +182,8 @@ async def run(app: App) -> int:
         server.close()
     await listener.drain(settings.smtp.shutdown_grace)
     scheduler.stop()
+    if pollers is not None:
+        await asyncio.to_thread(pollers.stop)
     await asyncio.to_thread(workers.join)
     if health is not None:
         health.stop()

@@ -42,11 +42,8 @@ class Dovecot:
             uid, gid = entry.pw_uid, entry.pw_gid
             internal_user, internal_group, login_user = "dovecot", "dovecot", "dovenull"
             shutil.chown(root / "mail", uid, gid)
+            # The caller puts `root` in a world-traversable place (tempfile.mkdtemp in /tmp).
             root.chmod(0o755)
-            for parent in root.parents:
-                if parent == Path(parent.anchor):
-                    break
-                parent.chmod(parent.stat().st_mode | 0o005)
         else:
             uid, gid = os.getuid(), os.getgid()
             internal_user = login_user = pwd.getpwuid(uid).pw_name
@@ -65,6 +62,7 @@ log_path = {root}/dovecot.log
 ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+auth_failure_delay = 0
 mail_location = maildir:{root}/mail/%u
 default_internal_user = {internal_user}
 default_internal_group = {internal_group}

@@ -31,14 +31,14 @@ def parse_file(name: str) -> ParsedMail:
     return parse(load(name))
 
 
-def mail(body: bytes, headers: bytes = b"", **extra: bytes) -> bytes:
-    """A small mail; `headers` lines are added before the standard ones."""
+def mail(body: bytes, headers: bytes = b"", mime: bytes = b"") -> bytes:
+    """A small mail: `headers` go before the standard header fields, `mime` after them."""
     return (
         headers + b"From: a@example.com\n"
         b"To: help@example.com\n"
         b"Subject: test\n"
         b"Date: Fri, 05 Jan 2024 10:00:00 +0100\n"
-        b"Message-ID: <test@example.com>\n" + b"".join(extra.values()) + b"\n" + body
+        b"Message-ID: <test@example.com>\n" + mime + b"\n" + body
     )
 
 
@@ -255,7 +255,7 @@ def test_backslashes_are_kept_exactly() -> None:
 
     eight_bit = mail(
         "C:\\new\\table – ő\n".encode(),
-        **{"ct": b"Content-Type: text/plain; charset=unicode-escape\n"},
+        mime=b"Content-Type: text/plain; charset=unicode-escape\n",
     )
     assert parse(eight_bit).text == "C:\\new\\table – ő\n"
 
@@ -288,7 +288,7 @@ def test_attachment_only_mail_has_empty_text() -> None:
     raw = mail(
         b"--B\nContent-Type: application/pdf\nContent-Disposition: attachment; filename=a.pdf\n"
         b"\n%PDF\n--B--\n",
-        **{"ct": b"Content-Type: multipart/mixed; boundary=B\n"},
+        mime=b"Content-Type: multipart/mixed; boundary=B\n",
     )
     parsed = parse(raw)
     assert parsed.text == ""
@@ -369,7 +369,7 @@ def test_reply_stripping(name: str, expected: str) -> None:
 
 def test_hungarian_thunderbird_fixture_from_willdurand() -> None:
     body = load("hungarian-thunderbird-body.txt")
-    parsed = parse(mail(body, **{"ct": b"Content-Type: text/plain; charset=utf-8\n"}))
+    parsed = parse(mail(body, mime=b"Content-Type: text/plain; charset=utf-8\n"))
     assert parsed.text_stripped == "Thank you!\n"
 
 
@@ -388,6 +388,25 @@ def test_strip_reply_keeps_indentation_lists_and_sentences() -> None:
         'Steps:\n- open the app\n- click save\n\nTraceback:\n    File "x.py", line 1\n\n'
         "Tisztelettel kérem, nézzék meg.\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "Hi,\n\nThanks, that helped. But now the printer prints blank pages.\n\nThanks,\nBob\n",
+            "Hi,\n\nThanks, that helped. But now the printer prints blank pages.\n",
+        ),
+        (
+            "Hallo,\n\nGrüße aus Berlin sendet das ganze Team, und hier ist das Problem.\n",
+            "Hallo,\n\nGrüße aus Berlin sendet das ganze Team, und hier ist das Problem.\n",
+        ),
+        ("Works now.\n\nSent from my iPhone\n", "Works now.\n"),
+        ("Works now.\n\n-- \nJohn Smith\nACME, +36 1 234 5678\n", "Works now.\n"),
+    ],
+)
+def test_strip_reply_cuts_sign_offs_not_sentences(text: str, expected: str) -> None:
+    assert strip_reply(text) == expected
 
 
 def test_strip_reply_never_returns_nothing() -> None:
@@ -496,7 +515,7 @@ def test_twenty_megabyte_mail_with_a_fifteen_megabyte_attachment() -> None:
         b"Content-Type: application/octet-stream\n"
         b"Content-Disposition: attachment; filename=big.bin\n"
         b"Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(payload) + b"--B--\n",
-        **{"ct": b"Content-Type: multipart/mixed; boundary=B\n"},
+        mime=b"Content-Type: multipart/mixed; boundary=B\n",
     )
     assert len(raw) > 20_000_000
     started = time.perf_counter()

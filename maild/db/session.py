@@ -6,24 +6,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild.errors import TemporaryFailure
 
-DURABLE = "maild_durable"
 
-
-def make_engine(url: str, *, busy_timeout_ms: int = 10_000) -> Engine:
+def make_engine(url: str, *, busy_timeout_ms: int = 10_000, durable: bool = True) -> Engine:
+    """An engine whose commits are on disk when they return (`durable`), or not quite:
+    a non-durable commit may be lost to a power cut (never to a crash of maild), which
+    is fine for work the spool can replay."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
-        _configure_sqlite(engine, busy_timeout_ms)
+        _configure_sqlite(engine, busy_timeout_ms, durable)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    connect_args = {} if durable else {"options": "-c synchronous_commit=off"}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
-def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int, durable: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control away from the sqlite3 module so BEGIN IMMEDIATE below
@@ -32,28 +34,25 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        # FULL: the commit is on disk before we acknowledge a mail. NORMAL may lose the
-        # last commits on power loss, which is safe only for work the spool can replay.
-        durable = connection.get_execution_options().get(DURABLE, True)
-        connection.exec_driver_sql(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:
-    """An engine and a session factory; `transaction()` is the unit of work."""
+    """Two engines on one database — durable commits for what we acknowledge, replayable
+    ones for what the spool can redo — and `transaction()`, the unit of work."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
-        self._replayable = sessionmaker(
-            engine.execution_options(**{DURABLE: False}), expire_on_commit=False
-        )
+    def __init__(self, url: str, *, busy_timeout_ms: int = 10_000) -> None:
+        self.engine = make_engine(url, busy_timeout_ms=busy_timeout_ms)
+        self._replayable_engine = make_engine(url, busy_timeout_ms=busy_timeout_ms, durable=False)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._replayable = sessionmaker(self._replayable_engine, expire_on_commit=False)
 
     @property
     def is_postgres(self) -> bool:
@@ -70,8 +69,6 @@ class Database:
         factory = self._replayable if replayable else self._sessions
         try:
             with factory.begin() as session:
-                if replayable and self.is_postgres:
-                    session.execute(text("SET LOCAL synchronous_commit = off"))
                 yield session
         except OperationalError as exc:
             raise TemporaryFailure(f"database unavailable: {_first_line(exc)}") from exc
@@ -82,6 +79,7 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self._replayable_engine.dispose()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -327,6 +327,10 @@ _PROBE_LINE_TAIL: Final = 60
 _MATCH_WINDOW: Final = 64
 _SPACE_RUNS: Final = re.compile(r"[ \t\u00a0\u200b\f\v]+")
 _SEPARATOR: Final = re.compile(r"[-_=*]{2,}$")
+# A signature's first line has at most this many words ("Best regards,", "Sent from my
+# iPhone"); a longer line is a sentence that happens to start with "Thanks,".
+_SIGN_OFF_WORDS: Final = 5
+_SIGNATURE_TRIES: Final = 8
 
 
 def _split_head(text: str) -> tuple[str, str]:
@@ -385,6 +389,37 @@ def _map_back(body: str, probe: list[str], origin: list[int], lines: list[str]) 
         else:
             kept.append(stripped)
     return kept
+
+
+def _reply_body(reply: Any) -> tuple[str, bool]:
+    """The text of a reply without its header, disclaimers and signature; and whether a
+    signature was cut.
+
+    The library takes the first line that starts with a sign-off word ("Thanks,",
+    "Grüße", "Best,") as the start of the signature and drops everything after it, so
+    "Thanks, that helped. But now the printer ..." would lose the question. Here a
+    signature starts only at a match whose first line is short, as a sign-off is.
+    """
+    content: str = reply.content
+    regex = _REPLY_REGEXES["_signature_regex"]
+    position = 0
+    signed = False
+    for _ in range(_SIGNATURE_TRIES):
+        match = regex.search(content, position)
+        if match is None:
+            break
+        start = match.start() + len(match.group()) - len(match.group().lstrip())
+        line_end = content.find("\n", start)
+        line_end = len(content) if line_end < 0 else line_end
+        if len(content[start:line_end].split()) <= _SIGN_OFF_WORDS:
+            content, signed = content[:start], True
+            break
+        position = line_end + 1
+    for disclaimer in reply.disclaimers:
+        content = content.replace(disclaimer, "")
+    if reply.headers:
+        content = content.replace(reply.headers, "")
+    return content.strip(), signed
 
 
 def _interleaved(probe: list[str]) -> bool:
@@ -450,8 +485,9 @@ def strip_reply(text: str) -> str:
             **_REPLY_REGEXES,
         ).read()
         first = message.replies[0]
-        candidate = "\n".join(_map_back(first.body, probe, origin, lines))
-        if tail and first is message.replies[-1] and not first.signatures:
+        body, signed = _reply_body(first)
+        candidate = "\n".join(_map_back(body, probe, origin, lines))
+        if tail and first is message.replies[-1] and not signed:
             # Nothing ended the newest part inside the head: the rest belongs to it.
             candidate += tail
     candidate = _without_trailing_quote(candidate).strip("\n")
