@@ -65,6 +65,8 @@ def ticket_detail(session: Session, ticket: Ticket, numbering: Numbering) -> dic
             "team": ticket.team,
             "tier": ticket.tier,
             "assignee": ticket.assignee,
+            "type": ticket.type,
+            "tags": ticket.tags,
             "participants": [
                 {"address": address, "name": name, "role": role}
                 for address, name, role in queries.participants(session, ticket.id)
@@ -140,6 +142,9 @@ def render_ticket_text(detail: dict[str, Any]) -> str:
         f"{detail['tag']} {detail['subject']}",
         f"status {detail['status']} · priority {detail['priority']} · "
         f"requester {detail['requester']} · {detail['message_count']} message(s)",
+        f"queue {detail['queue'] or '-'} · team {detail['team'] or '-'} · "
+        f"tier {detail['tier'] or '-'} · assignee {detail['assignee'] or '-'} · "
+        f"tags {', '.join(detail['tags']) or '-'}",
         "participants: " + ", ".join(p["address"] for p in detail["participants"]),
         "",
     ]

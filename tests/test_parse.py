@@ -419,6 +419,11 @@ def test_strip_reply_never_returns_nothing() -> None:
 
 def test_strip_reply_drops_trailing_quote_without_header() -> None:
     assert strip_reply("Yes.\n\n> Do you want it?\n> Really?\n") == "Yes.\n"
+    zimbra = "Oui.\n\n- Le 2021-04-09 23:25, Toby Flenderson a écrit :\n> Question ?\n"
+    assert strip_reply(zimbra) == "Oui.\n"
+    assert strip_reply("Outlook with a reply\n\n\n ------------------------------\n") == (
+        "Outlook with a reply\n"
+    )
 
 
 @pytest.mark.parametrize(

@@ -59,10 +59,7 @@ def show(app: App, number: str) -> dict[str, Any]:
     with app.db.transaction() as session:
         ticket = views.find_ticket(session, number)
         assert ticket is not None
-        detail = views.ticket_detail(session, ticket, app.numbering)
-        detail["tags"] = ticket.tags
-        detail["type"] = ticket.type
-        return detail
+        return views.ticket_detail(session, ticket, app.numbering)
 
 
 def test_rule_sets_fields_tags_and_assigns_round_robin(

@@ -187,3 +187,38 @@ class ImapLease(Base):
     mailbox: Mapped[str] = mapped_column(String(200), primary_key=True)
     holder: Mapped[str] = mapped_column(String(200))
     expires_at: Mapped[datetime]
+
+
+class Outbox(Base):
+    """A mail to send, composed when queued: `raw` is exactly what goes over SMTP.
+
+    `state` is pending (to send at `next_attempt_at`), sent, or failed. A sender claims a
+    row by moving `next_attempt_at` past its send, so a sender that dies mid-send only
+    delays the row: at-least-once, never lost.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("ticket.id"), index=True)
+    # The message row recording this mail on its ticket.
+    message_row_id: Mapped[int | None] = mapped_column(ForeignKey("message.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    template: Mapped[str | None] = mapped_column(String(200))
+    mail_from: Mapped[str] = mapped_column(String(320))
+    recipient: Mapped[str] = mapped_column(String(320))
+    # Matches a bounce (DSN) of this mail back to the row.
+    message_id: Mapped[str] = mapped_column(String(998), index=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_outbox_state_next_attempt_at", "state", "next_attempt_at"),
+        # Rate limits count a recipient's recent automatic mails.
+        Index("ix_outbox_recipient_created_at", "recipient", "created_at"),
+    )

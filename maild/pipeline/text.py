@@ -400,26 +400,33 @@ def _reply_body(reply: Any) -> tuple[str, bool]:
     "Thanks, that helped. But now the printer ..." would lose the question. Here a
     signature starts only at a match whose first line is short, as a sign-off is.
     """
+    signature: str = reply.signatures
+    if not signature or _is_sign_off(signature):
+        return reply.body, bool(signature)
     content: str = reply.content
+    found = content.find(signature)
+    position = len(content) if found < 0 else content.find("\n", found) + 1 or len(content)
     regex = _REPLY_REGEXES["_signature_regex"]
-    position = 0
     signed = False
     for _ in range(_SIGNATURE_TRIES):
         match = regex.search(content, position)
         if match is None:
             break
         start = match.start() + len(match.group()) - len(match.group().lstrip())
-        line_end = content.find("\n", start)
-        line_end = len(content) if line_end < 0 else line_end
-        if len(content[start:line_end].split()) <= _SIGN_OFF_WORDS:
+        if _is_sign_off(content[start:]):
             content, signed = content[:start], True
             break
-        position = line_end + 1
+        position = content.find("\n", start) + 1 or len(content)
     for disclaimer in reply.disclaimers:
         content = content.replace(disclaimer, "")
     if reply.headers:
         content = content.replace(reply.headers, "")
     return content.strip(), signed
+
+
+def _is_sign_off(signature: str) -> bool:
+    """Whether a signature's first line is short, as a sign-off is ("Best regards,")."""
+    return len(signature[: signature.find("\n") % (len(signature) + 1)].split()) <= _SIGN_OFF_WORDS
 
 
 def _interleaved(probe: list[str]) -> bool:
@@ -443,13 +450,20 @@ def _interleaved(probe: list[str]) -> bool:
 
 
 def _without_trailing_quote(text: str) -> str:
-    """`text` without a quoted block (history quoted without a header) at its end."""
+    """`text` without what trails it as history: a quoted block (history quoted without a
+    header the library knows, such as Zimbra's "- Le ... a écrit :"), the line ending in
+    ":" that introduces it, and separator lines ("-----", "_____")."""
     end = len(text)
     cut = -1
+    quoted = False
     for _ in range(_STRIP_HEAD_LINES):
         newline = text.rfind("\n", 0, end)
         line = text[newline + 1 : end].strip()
-        if line and not line.startswith(">"):
+        if line.startswith(">"):
+            quoted = True
+        elif line and not _SEPARATOR.match(line):
+            if quoted and line.endswith(":"):
+                cut = newline + 1
             break
         if line:
             cut = newline + 1

@@ -1,0 +1,136 @@
+"""Jinja2 templates for outbound mail: the operator's `templates/` before the packaged ones.
+
+A template NAME (`requester/ticket_created`) is three files: `NAME.subject.j2`,
+`NAME.txt.j2` and optionally `NAME.html.j2`; a language variant puts the language before
+the part (`NAME.hu.txt.j2`). Undefined variables raise (StrictUndefined): a blank in a
+customer's mail is worse than an error. Only `.html.j2` files autoescape, so customer
+text never becomes markup there and stays verbatim in the text part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import (
+    ChoiceLoader,
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    TemplateError,
+    TemplateNotFound,
+)
+
+PACKAGED = Path(__file__).parent / "templates"
+_PARTS = ("subject", "txt", "html")
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str | None
+    language: str
+
+
+class TemplateMissing(LookupError):
+    """No subject or text part for the template in any language we may fall back to."""
+
+
+def _autoescape(name: str | None) -> bool:
+    return name is not None and name.endswith(".html.j2")
+
+
+class Templates:
+    """Finds and renders templates; built once per settings (Jinja caches compiled files)."""
+
+    def __init__(self, operator_dir: Path | None, default_language: str = "en") -> None:
+        loaders = [FileSystemLoader(str(operator_dir))] if operator_dir is not None else []
+        loaders.append(FileSystemLoader(str(PACKAGED)))
+        self.default_language = default_language
+        self._env = Environment(
+            loader=ChoiceLoader(loaders),
+            undefined=StrictUndefined,
+            autoescape=_autoescape,
+            keep_trailing_newline=True,
+        )
+
+    def _file(self, name: str, part: str, language: str | None) -> str | None:
+        """The file name of a part in one language (None: the unsuffixed default), if any."""
+        filename = f"{name}.{language}.{part}.j2" if language else f"{name}.{part}.j2"
+        try:
+            self._env.get_template(filename)
+        except TemplateNotFound:
+            return None
+        return filename
+
+    def render(self, name: str, context: dict[str, Any], language: str | None = None) -> Rendered:
+        """Render in `language` if that variant has a text part, else the default language,
+        else the unsuffixed files. Raises TemplateMissing, or a jinja2 TemplateError."""
+        for candidate in dict.fromkeys([language, self.default_language, None]):
+            text_file = self._file(name, "txt", candidate)
+            subject_file = self._file(name, "subject", candidate)
+            if text_file is None or subject_file is None:
+                continue
+            html_file = self._file(name, "html", candidate)
+            values = {**context, "language": candidate or self.default_language}
+            subject = self._env.get_template(subject_file).render(values)
+            return Rendered(
+                subject=" ".join(subject.split()),
+                text=self._env.get_template(text_file).render(values),
+                html=self._env.get_template(html_file).render(values) if html_file else None,
+                language=candidate or self.default_language,
+            )
+        raise TemplateMissing(f"template {name!r}: no subject and text part")
+
+    def names(self) -> list[tuple[str, str | None]]:
+        """Every (template name, language) with a text part, over both directories."""
+        found: set[tuple[str, str | None]] = set()
+        for filename in self._env.list_templates(extensions=["j2"]):
+            stem, _, rest = filename.partition(".")
+            pieces = rest.split(".")
+            if pieces[-2:-1] == ["txt"] or pieces == ["txt", "j2"]:
+                language = pieces[0] if len(pieces) == 3 else None
+                found.add((stem, language))
+        return sorted(found, key=lambda item: (item[0], item[1] or ""))
+
+    def check(self, context: dict[str, Any]) -> list[str]:
+        """Render every template and part against `context`; one line per problem."""
+        problems: list[str] = []
+        for name, language in self.names():
+            for part in _PARTS:
+                filename = self._file(name, part, language)
+                if filename is None:
+                    if part != "html":
+                        problems.append(f"{name} ({language or 'default'}): no {part} part")
+                    continue
+                try:
+                    self._env.get_template(filename).render({**context, "language": language})
+                except TemplateError as exc:
+                    where = f":{exc.lineno}" if getattr(exc, "lineno", None) else ""
+                    problems.append(f"{filename}{where}: {exc.message or exc}")
+        return problems
+
+
+def sample_context() -> dict[str, Any]:
+    """A context with every documented variable (templates/README.md), for checks."""
+    return {
+        "ticket": {
+            "number": "1042",
+            "tag": "[#1042]",
+            "subject": "Printer on fire",
+            "status": "new",
+            "priority": "normal",
+            "queue": None,
+            "team": None,
+        },
+        "requester": {"address": "alice@customer.example", "name": "Alice Customer"},
+        "message": {
+            "subject": "Printer on fire",
+            "text": "Hello,\n\nthe printer is on fire.\n",
+            "message_id": "<a1@customer.example>",
+            "date": "Mon, 02 Mar 2026 09:00:00 +0000",
+        },
+        "support_address": "support@example.com",
+    }
