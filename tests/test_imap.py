@@ -20,6 +20,7 @@ from maild.config import parse_settings
 from maild.db.models import Message, SpoolEntry
 from maild.errors import ConfigError
 from maild.receive.imap import Pollers, make_pollers, password_for
+from maild.types import Direction
 from tests.conftest import AppFactory, make_mail, need
 from tests.daemon import Daemon, write_config
 from tests.dovecot import PASSWORD, USER, Dovecot
@@ -116,7 +117,9 @@ def drain(app: App) -> None:
 
 def message_ids(app: App) -> list[str]:
     with app.db.transaction() as session:
-        return sorted(session.scalars(select(Message.message_id)))
+        # Inbound only: processing may also record mail maild sends (acknowledgements).
+        query = select(Message.message_id).where(Message.direction == Direction.IN)
+        return sorted(session.scalars(query))
 
 
 def spooled(app: App) -> int:

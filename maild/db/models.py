@@ -214,6 +214,8 @@ class Outbox(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime]
     next_attempt_at: Mapped[datetime]
+    # Temporary failures stop being retried after this; `maild outbox retry` moves it.
+    expires_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
 

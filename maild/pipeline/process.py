@@ -23,6 +23,7 @@ from maild.db.session import Database
 from maild.errors import Ignore, Quarantine, TemporaryFailure
 from maild.logs import event
 from maild.numbering import Numbering
+from maild.outbox.queue import Acknowledger
 from maild.pipeline.apply import apply
 from maild.pipeline.classify import classify
 from maild.pipeline.parse import parse
@@ -84,6 +85,7 @@ class Processor:
         self._clock = clock
         self._rules = rules
         self._numbering = Numbering(settings.tickets)
+        self._acknowledger = Acknowledger(settings, self._numbering)
 
     def process(self, spool_id: int, parsed: Parsed | None = None) -> Outcome | None:
         """Process one mail by id; None if it is not pending (done already, or taken).
@@ -258,6 +260,20 @@ class Processor:
             spool_id=entry.id,
             settings=self._settings,
             numbering=self._numbering,
+            now=self._clock.now(),
+        )
+        # outbox (issue 6): the acknowledgement is queued in this same transaction.
+        step.name = "outbox"
+        self._acknowledger.queue(
+            conn,
+            ticket_id=applied.ticket_id,
+            number=applied.ticket_number,
+            created_ticket=applied.created_ticket,
+            mail=mail,
+            mail_class=mail_class,
+            envelope=envelope,
+            requester=requester,
+            route=route,
             now=self._clock.now(),
         )
         return Outcome(entry.id, SpoolState.DONE, ticket_number=applied.ticket_number)

@@ -404,8 +404,8 @@ def _reply_body(reply: Any) -> tuple[str, bool]:
     if not signature or _is_sign_off(signature):
         return reply.body, bool(signature)
     content: str = reply.content
-    found = content.find(signature)
-    position = len(content) if found < 0 else content.find("\n", found) + 1 or len(content)
+    # Look again below the first line of what the library took for a signature.
+    position = _next_line(content, content.find(signature))
     regex = _REPLY_REGEXES["_signature_regex"]
     signed = False
     for _ in range(_SIGNATURE_TRIES):
@@ -416,7 +416,7 @@ def _reply_body(reply: Any) -> tuple[str, bool]:
         if _is_sign_off(content[start:]):
             content, signed = content[:start], True
             break
-        position = content.find("\n", start) + 1 or len(content)
+        position = _next_line(content, start)
     for disclaimer in reply.disclaimers:
         content = content.replace(disclaimer, "")
     if reply.headers:
@@ -424,9 +424,15 @@ def _reply_body(reply: Any) -> tuple[str, bool]:
     return content.strip(), signed
 
 
+def _next_line(text: str, position: int) -> int:
+    """Where the line after the one at `position` starts (the end if none, or if < 0)."""
+    newline = text.find("\n", position) if position >= 0 else -1
+    return len(text) if newline < 0 else newline + 1
+
+
 def _is_sign_off(signature: str) -> bool:
     """Whether a signature's first line is short, as a sign-off is ("Best regards,")."""
-    return len(signature[: signature.find("\n") % (len(signature) + 1)].split()) <= _SIGN_OFF_WORDS
+    return len(signature.split("\n", 1)[0].split()) <= _SIGN_OFF_WORDS
 
 
 def _interleaved(probe: list[str]) -> bool:

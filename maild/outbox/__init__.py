@@ -1,0 +1,1 @@
+"""Outbound mail: compose at queue time, guard against loops, send with retries."""
