@@ -144,9 +144,14 @@ class ImapSettings(_Section):
     # A PEM bundle of CAs to trust instead of the system's (a private CA).
     ca_file: Path | None = None
     username: str = Field(min_length=1)
-    # Exactly one of these: the password itself, or the environment variable holding it.
+    # "password": LOGIN with a password. "xoauth2": an OAuth2 access token printed by
+    # token_command (run at every connect; e.g. a helper that refreshes and caches it).
+    auth: Literal["password", "xoauth2"] = "password"
+    # With auth = "password", exactly one of these: the password, or the variable holding it.
     password: SecretStr | None = None
     password_env: str | None = Field(default=None, validate_default=True)
+    # With auth = "xoauth2": the command (argv list, no shell) that prints the access token.
+    token_command: list[str] | None = Field(default=None, validate_default=True)
     # The support address this mailbox stands for: the envelope recipient of its mail.
     address: str = Field(min_length=3)
     folders: list[str] = Field(default_factory=lambda: ["INBOX"], min_length=1)
@@ -203,8 +208,24 @@ class ImapSettings(_Section):
     @field_validator("password_env")
     @classmethod
     def _one_password(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("auth") == "xoauth2":
+            if info.data.get("password") is not None or value is not None:
+                raise ValueError("auth = 'xoauth2' uses token_command, not a password")
+            return value
         if (info.data.get("password") is None) == (value is None):
             raise ValueError("set exactly one of 'password' and 'password_env'")
+        return value
+
+    @field_validator("token_command")
+    @classmethod
+    def _token_command_for_oauth(
+        cls, value: list[str] | None, info: ValidationInfo
+    ) -> list[str] | None:
+        oauth = info.data.get("auth") == "xoauth2"
+        if oauth and not (value and value[0]):
+            raise ValueError("auth = 'xoauth2' needs token_command (a non-empty argv list)")
+        if not oauth and value is not None:
+            raise ValueError("token_command is only used with auth = 'xoauth2'")
         return value
 
     @property
@@ -217,8 +238,9 @@ class ImapSettings(_Section):
 class OutboundSettings(_Section):
     """Outbound mail: the SMTP relay, the acknowledgement, loop protection (`[outbound]`)."""
 
-    # Acknowledgements are queued only when this is true; the sender runs regardless.
-    enabled: bool = True
+    # Acknowledgements are queued only when this is true (the sender runs regardless, so
+    # queued mail still leaves). Off until the operator has pointed host/port at a relay.
+    enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=25, ge=1, le=65535)
     # "starttls" upgrades a plain connection; "implicit" is SMTPS (usually port 465).

@@ -18,6 +18,7 @@ from maild import spool
 from maild.app import App
 from maild.health import HealthServer, Metrics, spool_status
 from maild.logs import event
+from maild.outbox.send import Sender, SenderThread
 from maild.pipeline.process import Outcome
 from maild.receive.imap import start_pollers
 from maild.receive.smtp import Listener, serve
@@ -138,8 +139,13 @@ async def run(app: App) -> int:
         else None
     )
 
+    # outbox (issue 6): the sender thread sends due rows whenever the scheduler wakes it.
+    outbox = SenderThread(Sender(app.db, settings.outbound, app.clock))
+    outbox.start()
+
     scheduler = Scheduler()
     scheduler.every("spool-poll", settings.daemon.poll_interval, workers.wake.set)
+    scheduler.every("outbox-send", settings.outbound.interval, outbox.wake.set)
     scheduler.start()
 
     health: HealthServer | None = None
@@ -185,6 +191,7 @@ async def run(app: App) -> int:
     if pollers is not None:
         await asyncio.to_thread(pollers.stop)
     await asyncio.to_thread(workers.join)
+    await asyncio.to_thread(outbox.stop)
     if health is not None:
         health.stop()
     event(log, "stopped")

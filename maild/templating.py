@@ -49,8 +49,9 @@ class Templates:
         loaders = [FileSystemLoader(str(operator_dir))] if operator_dir is not None else []
         loaders.append(FileSystemLoader(str(PACKAGED)))
         self.default_language = default_language
+        self._loader = ChoiceLoader(loaders)
         self._env = Environment(
-            loader=ChoiceLoader(loaders),
+            loader=self._loader,
             undefined=StrictUndefined,
             autoescape=_autoescape,
             keep_trailing_newline=True,
@@ -60,7 +61,8 @@ class Templates:
         """The file name of a part in one language (None: the unsuffixed default), if any."""
         filename = f"{name}.{language}.{part}.j2" if language else f"{name}.{part}.j2"
         try:
-            self._env.get_template(filename)
+            # Only looks the file up: a syntax error is reported where it is rendered.
+            self._loader.get_source(self._env, filename)
         except TemplateNotFound:
             return None
         return filename

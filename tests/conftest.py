@@ -6,6 +6,7 @@ MAILD_REQUIRE_SERVICES=1 (CI), where it fails instead.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,6 +37,15 @@ PG_ADMIN_URL = os.environ.get(
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_DEV = REPO.parent / "shared" / "corpus-dev"
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _restore_maild_logger() -> Iterator[None]:
+    """`maild.logs.configure` (run by in-process CLI tests) stops propagation; undo it."""
+    logger = logging.getLogger("maild")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
 
 
 def need(condition: bool, why: str) -> None:

@@ -27,10 +27,14 @@ PASSWORD = "secret"
 
 
 class Dovecot:
-    def __init__(self, root: Path, capability: str | None = None) -> None:
+    def __init__(
+        self, root: Path, capability: str | None = None, introspection_url: str | None = None
+    ) -> None:
         self.root = root
         self.port = free_port()
         self._capability = capability
+        # XOAUTH2: Dovecot asks this RFC 7662 endpoint whether a token is valid, and whose.
+        self._introspection_url = introspection_url
 
     def start(self, timeout: float = 15.0) -> Dovecot:
         root = self.root
@@ -52,6 +56,21 @@ class Dovecot:
             f"{USER}:{{PLAIN}}{PASSWORD}:{uid}:{gid}::{root / 'mail' / USER}\n"
         )
         capability = f"imap_capability = {self._capability}\n" if self._capability else ""
+        mechanisms = "plain login"
+        oauth2 = ""
+        if self._introspection_url:
+            mechanisms += " xoauth2"
+            (root / "oauth2.conf").write_text(
+                f"introspection_url = {self._introspection_url}\n"
+                "introspection_mode = post\n"
+                "username_attribute = username\n"
+                "active_attribute = active\n"
+                "active_value = true\n"
+            )
+            oauth2 = (
+                f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2\n"
+                f"  args = {root}/oauth2.conf\n}}\n"
+            )
         (root / "dovecot.conf").write_text(
             f"""protocols = imap
 listen = 127.0.0.1
@@ -61,14 +80,14 @@ instance_name = maild-test-{uuid.uuid4().hex[:8]}
 log_path = {root}/dovecot.log
 ssl = no
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 auth_failure_delay = 0
 mail_location = maildir:{root}/mail/%u
 default_internal_user = {internal_user}
 default_internal_group = {internal_group}
 default_login_user = {login_user}
 first_valid_uid = 1
-{capability}passdb {{
+{capability}{oauth2}passdb {{
   driver = passwd-file
   args = {root}/passwd
 }}
@@ -102,10 +121,21 @@ service anvil {{
                     raise
                 time.sleep(0.05)  # nothing to await: the port simply is not open yet
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the master and wait (bounded) until it is gone, so its files can be removed."""
         pid_file = self.root / "run" / "master.pid"
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
-            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+        try:
+            pid = int(pid_file.read_text().strip())
+            os.kill(pid, signal.SIGTERM)
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)  # not our child: no wait() to block on
 
     def client(self) -> IMAPClient:
         """A logged-in client for arranging and inspecting the mailbox."""

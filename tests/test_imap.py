@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -13,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from imapclient.exceptions import LoginError
 from sqlalchemy import func, select
 
 from maild.app import App
 from maild.config import parse_settings
 from maild.db.models import Message, SpoolEntry
 from maild.errors import ConfigError
-from maild.receive.imap import Pollers, make_pollers, password_for
+from maild.receive.imap import Pollers, TokenCommandError, make_pollers, password_for
 from maild.types import Direction
 from tests.conftest import AppFactory, make_mail, need
 from tests.daemon import Daemon, write_config
@@ -29,10 +32,12 @@ PROCESSED = "maild.processed"  # "maild/processed" with Dovecot's Maildir separa
 TOO_LARGE = "maild.too-large"
 
 
-def _server(capability: str | None = None) -> Iterator[Dovecot]:
+def _server(
+    capability: str | None = None, introspection_url: str | None = None
+) -> Iterator[Dovecot]:
     need(shutil.which("dovecot") is not None, "dovecot is not installed (dovecot-imapd)")
     root = Path(tempfile.mkdtemp(prefix="maild-dovecot-"))
-    server = Dovecot(root, capability).start()
+    server = Dovecot(root, capability, introspection_url).start()
     yield server
     server.stop()
     shutil.rmtree(root, ignore_errors=True)
@@ -41,6 +46,43 @@ def _server(capability: str | None = None) -> Iterator[Dovecot]:
 @pytest.fixture(scope="session")
 def dovecot_server() -> Iterator[Dovecot]:
     yield from _server()
+
+
+class _Introspection(http.server.BaseHTTPRequestHandler):
+    """RFC 7662 token introspection: only "good-token" is active, and it is `support`'s."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+        active = "token=good-token&" in body + "&"
+        answer = json.dumps({"active": active, "username": USER} if active else {"active": False})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer.encode())
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+@pytest.fixture(scope="session")
+def dovecot_oauth_server() -> Iterator[Dovecot]:
+    # Dovecot validates XOAUTH2 tokens offline against this loopback endpoint.
+    endpoint = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Introspection)
+    thread = threading.Thread(target=endpoint.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{endpoint.server_port}/introspect"
+    try:
+        yield from _server(introspection_url=url)
+    finally:
+        endpoint.shutdown()
+        endpoint.server_close()
+
+
+@pytest.fixture
+def dovecot_oauth(dovecot_oauth_server: Dovecot) -> Dovecot:
+    dovecot_oauth_server.reset()
+    return dovecot_oauth_server
 
 
 @pytest.fixture(scope="session")
@@ -270,6 +312,39 @@ def test_server_without_move_copies_expunges_and_polls(
     assert pollers.status()["support"]["errors"] == {}
 
 
+def _oauth(server: Dovecot, *command: str) -> dict[str, Any]:
+    settings = mailbox(server, auth="xoauth2", token_command=list(command))
+    del settings["password"]
+    return settings
+
+
+def test_xoauth2_with_token_from_command(make_app: AppFactory, dovecot_oauth: Dovecot) -> None:
+    app = app_for(make_app, _oauth(dovecot_oauth, sys.executable, "-c", "print('good-token')"))
+    append(dovecot_oauth, make_mail(message_id="<oauth@customer.example>"))
+
+    assert once(app) == 1
+    assert folder_count(dovecot_oauth, PROCESSED) == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        ("print('expired-token')", LoginError),
+        ("import sys; sys.exit('no refresh token')", TokenCommandError),
+        ("print('')", TokenCommandError),
+    ],
+)
+def test_xoauth2_failures(
+    make_app: AppFactory, dovecot_oauth: Dovecot, code: str, error: type[Exception]
+) -> None:
+    app = app_for(make_app, _oauth(dovecot_oauth, sys.executable, "-c", code))
+    append(dovecot_oauth, make_mail())
+    with pytest.raises(error):
+        once(app)
+    assert spooled(app) == 0
+    assert folder_count(dovecot_oauth, "INBOX") == 1
+
+
 # --- the loop --------------------------------------------------------------------------------
 
 
@@ -359,6 +434,9 @@ def _settings(**overrides: Any) -> dict[str, Any]:
         ({"password_env": "X"}, "exactly one of 'password' and 'password_env'"),
         ({"password": None}, "exactly one of 'password' and 'password_env'"),
         ({"after": "move", "move_to": "Archive", "folders": ["Archive"]}, "watched folders"),
+        ({"auth": "xoauth2"}, "uses token_command, not a password"),
+        ({"auth": "xoauth2", "password": None}, "needs token_command"),
+        ({"token_command": ["get-token"]}, "only used with auth = 'xoauth2'"),
     ],
 )
 def test_config_errors(overrides: dict[str, Any], message: str) -> None:

@@ -6,13 +6,17 @@ the sink is awaited on a queue, never slept for.
 
 from __future__ import annotations
 
+import io
+import json
 import queue
+import smtplib
 import socket
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.message import Message as EmailMessage
 from email.policy import default
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,11 +24,13 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from maild.app import App
+from maild.cli import EX_NOINPUT, EX_OK, main
 from maild.clock import FixedClock
 from maild.db.models import Event, Message, Outbox, Ticket
 from maild.outbox.send import Attempt, Sender
 from maild.types import Envelope, SpoolState
 from tests.conftest import AppFactory, deliver, make_mail
+from tests.daemon import Daemon, write_config
 
 SUPPORT = "support@example.com"
 ALICE = "alice@customer.example"
@@ -84,7 +90,7 @@ def sink() -> Iterator[Sink]:
 
 def outbound_app(make_app: AppFactory, port: int, **outbound: Any) -> App:
     return make_app(
-        outbound={"host": "127.0.0.1", "port": port, **outbound},
+        outbound={"enabled": True, "host": "127.0.0.1", "port": port, **outbound},
         mail={"support_addresses": [SUPPORT, "billing@example.com"]},
     )
 
@@ -175,17 +181,13 @@ def test_automatic_mail_gets_no_acknowledgement(
     make_app: AppFactory, sink: Sink, headers: dict[str, str], envelope_from: str
 ) -> None:
     app = outbound_app(make_app, sink.port)
-    deliver(
-        app, make_mail(headers=headers), Envelope(mail_from=envelope_from, rcpt_to=(SUPPORT,))
-    )
+    deliver(app, make_mail(headers=headers), Envelope(mail_from=envelope_from, rcpt_to=(SUPPORT,)))
     assert sender(app).send_due() == []
     assert rows(app, Outbox) == []
     assert sink.count() == 0
 
 
-def test_list_mail_suppression_is_an_event_on_its_ticket(
-    make_app: AppFactory, sink: Sink
-) -> None:
+def test_list_mail_suppression_is_an_event_on_its_ticket(make_app: AppFactory, sink: Sink) -> None:
     app = outbound_app(make_app, sink.port)
     deliver(app, make_mail(headers={"List-Id": "<news.customer.example>"}), to_support())
     (suppressed,) = events(app, "auto_reply_suppressed")
@@ -204,7 +206,7 @@ def test_no_reply_and_own_senders_get_no_acknowledgement(
 
 
 def test_rules_can_turn_the_acknowledgement_off(
-    make_app: AppFactory, sink: Sink, tmp_path: Any
+    make_app: AppFactory, sink: Sink, tmp_path: Path
 ) -> None:
     rules = tmp_path / "rules"
     rules.mkdir()
@@ -213,7 +215,8 @@ def test_rules_can_turn_the_acknowledgement_off(
         "    then: [{auto_reply: none}]\n"
     )
     app = make_app(
-        outbound={"host": "127.0.0.1", "port": sink.port}, paths={"rules": str(rules)}
+        outbound={"enabled": True, "host": "127.0.0.1", "port": sink.port},
+        paths={"rules": str(rules)},
     )
     deliver(app, make_mail(), to_support())
     assert rows(app, Outbox) == []
@@ -271,9 +274,7 @@ def test_temporary_failure_retries_with_backoff_and_delivers_once(
     assert rows(app, Outbox)[0].state == "sent"
 
 
-def test_relay_down_then_back_delivers(
-    make_app: AppFactory, clock: FixedClock
-) -> None:
+def test_relay_down_then_back_delivers(make_app: AppFactory, clock: FixedClock) -> None:
     port = free_port()  # nothing listens here yet
     app = outbound_app(make_app, port)
     deliver(app, make_mail(), to_support())
@@ -350,13 +351,13 @@ def test_hungarian_when_the_mail_says_so(make_app: AppFactory, sink: Sink) -> No
 
 
 def test_broken_operator_template_keeps_the_ticket_and_says_why(
-    make_app: AppFactory, sink: Sink, tmp_path: Any
+    make_app: AppFactory, sink: Sink, tmp_path: Path
 ) -> None:
     templates = tmp_path / "templates" / "requester"
     templates.mkdir(parents=True)
     (templates / "ticket_created.txt.j2").write_text("Hello {{ requester.nickname }}\n")
     app = make_app(
-        outbound={"host": "127.0.0.1", "port": sink.port},
+        outbound={"enabled": True, "host": "127.0.0.1", "port": sink.port},
         paths={"templates": str(tmp_path / "templates")},
     )
     outcome = deliver(app, make_mail(), to_support())
@@ -364,3 +365,134 @@ def test_broken_operator_template_keeps_the_ticket_and_says_why(
     assert rows(app, Outbox) == []
     (failed,) = events(app, "auto_reply_failed")
     assert "nickname" in failed.data["reason"]
+
+
+def test_disabled_by_default_queues_nothing(app: App) -> None:
+    deliver(app, make_mail(), to_support())
+    assert rows(app, Outbox) == []
+
+
+def test_cli_outbox_list_and_retry(
+    make_app: AppFactory, sink: Sink, db_url: str, tmp_path: Path, clock: FixedClock
+) -> None:
+    app = outbound_app(make_app, sink.port)
+    deliver(app, make_mail(), to_support())
+    sink.handler.reply = "550 5.1.1 no such user"
+    sender(app).send_due()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[database]\nurl = "{db_url}"\n')
+
+    out = io.StringIO()
+    assert main(["outbox", "list", "--config", str(config), "--json"], stdout=out) == EX_OK
+    (listed,) = json.loads(out.getvalue())
+    assert listed["state"] == "failed" and listed["ticket"] == "1"
+    assert listed["recipient"] == ALICE and listed["last_error"].startswith("550")
+    out = io.StringIO()
+    assert main(["outbox", "list", "--config", str(config), "--state", "sent"], stdout=out) == 0
+    assert out.getvalue().strip() == "(none)"
+
+    assert main(["outbox", "retry", "--config", str(config), "1"], stdout=io.StringIO()) == EX_OK
+    assert main(["outbox", "retry", "--config", str(config), "99"]) == EX_NOINPUT
+    sink.handler.reply = "250 2.0.0 OK"
+    clock.set(datetime.now(UTC) + timedelta(seconds=1))  # the CLI made it due on the system clock
+    assert [a.result for a in sender(app).send_due()] == ["sent"]
+    sink.next_mail()
+    # A sent mail is never sent again.
+    assert main(["outbox", "retry", "--config", str(config), "1"]) == EX_NOINPUT
+
+
+def test_maild_run_acknowledges_end_to_end(tmp_path: Path, db_url: str, sink: Sink) -> None:
+    config = write_config(
+        tmp_path,
+        db_url,
+        outbound={"enabled": True, "host": "127.0.0.1", "port": sink.port, "interval": 0.2},
+    )
+    daemon = Daemon(config, tmp_path).start()
+    try:
+        with smtplib.SMTP("127.0.0.1", daemon.smtp_port, timeout=30) as client:
+            client.sendmail(ALICE, [SUPPORT], make_mail(message_id="<run-1@customer.example>"))
+        mail_from, rcpts, ack = sink.next_mail(timeout=60)
+        assert (mail_from, rcpts) == (SUPPORT, [ALICE])
+        assert ack["In-Reply-To"] == "<run-1@customer.example>"
+        assert ack["Subject"] == "Re: Printer on fire [#1]"
+        daemon.wait_for(lambda e: e.get("event") == "outbound mail" and e.get("result") == "sent")
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop_quietly()
+
+
+def postfix_dsn(original: bytes, recipient: str, *, headers_only: bool = False) -> bytes:
+    """A bounce as Postfix writes it: explanation, delivery-status, the original."""
+    boundary = "dsn-boundary"
+    if headers_only:
+        head = original.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+        third = b"Content-Type: text/rfc822-headers\r\n\r\n" + head
+    else:
+        third = b"Content-Type: message/rfc822\r\n\r\n" + original
+    return b"\r\n".join(
+        [
+            b"From: MAILER-DAEMON@mx.customer.example (Mail Delivery System)",
+            b"To: support@example.com",
+            b"Subject: Undelivered Mail Returned to Sender",
+            b"Message-ID: <dsn-1@mx.customer.example>",
+            b"Date: Mon, 02 Mar 2026 09:05:00 +0000",
+            b"MIME-Version: 1.0",
+            b"Content-Type: multipart/report; report-type=delivery-status;",
+            b' boundary="' + boundary.encode() + b'"',
+            b"",
+            b"--" + boundary.encode(),
+            b"Content-Type: text/plain",
+            b"",
+            b"I'm sorry to have to inform you that your message could not be delivered.",
+            b"--" + boundary.encode(),
+            b"Content-Type: message/delivery-status",
+            b"",
+            b"Reporting-MTA: dns; mx.customer.example",
+            b"",
+            b"Final-Recipient: rfc822; " + recipient.encode(),
+            b"Action: failed",
+            b"Status: 5.1.1",
+            b"Diagnostic-Code: smtp; 550 5.1.1 <" + recipient.encode() + b">: no such user",
+            b"",
+            b"--" + boundary.encode(),
+            third,
+            b"--" + boundary.encode() + b"--",
+            b"",
+        ]
+    )
+
+
+@pytest.mark.parametrize("headers_only", [False, True], ids=["rfc822", "rfc822-headers"])
+def test_bounce_of_our_mail_is_an_event_and_no_ticket(
+    make_app: AppFactory, sink: Sink, headers_only: bool
+) -> None:
+    app = outbound_app(make_app, sink.port)
+    deliver(app, make_mail(), to_support())
+    sender(app).send_due()
+    raw = sink.handler.accepted.get(timeout=10)[2]
+
+    outcome = deliver(
+        app,
+        postfix_dsn(raw, ALICE, headers_only=headers_only),
+        Envelope(mail_from="", rcpt_to=(SUPPORT,)),
+    )
+    assert outcome.state is SpoolState.IGNORED
+    assert outcome.reason is not None and outcome.reason.startswith("bounce of our mail")
+    assert len(rows(app, Ticket)) == 1
+    (bounced,) = events(app, "outbound_bounced")
+    assert bounced.data["recipient"] == ALICE and bounced.data["status"] == "5.1.1"
+    (row,) = rows(app, Outbox)
+    assert row.state == "bounced" and bounced.data["outbox_id"] == row.id
+    assert row.last_error is not None and "no such user" in row.last_error
+
+
+def test_bounce_of_a_mail_not_ours_is_ignored_without_event(
+    make_app: AppFactory, sink: Sink
+) -> None:
+    app = outbound_app(make_app, sink.port)
+    stranger = make_mail(message_id="<not-ours@elsewhere.example>")
+    outcome = deliver(app, postfix_dsn(stranger, ALICE), Envelope(mail_from="", rcpt_to=(SUPPORT,)))
+    assert outcome.state is SpoolState.IGNORED and outcome.reason == (
+        "bounce that belongs to no ticket"
+    )
+    assert rows(app, Event) == [] and rows(app, Ticket) == []

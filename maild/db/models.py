@@ -192,7 +192,8 @@ class ImapLease(Base):
 class Outbox(Base):
     """A mail to send, composed when queued: `raw` is exactly what goes over SMTP.
 
-    `state` is pending (to send at `next_attempt_at`), sent, or failed. A sender claims a
+    `state` is pending (to send at `next_attempt_at`), sent, failed, or bounced (a DSN
+    came back for it after it was sent). A sender claims a
     row by moving `next_attempt_at` past its send, so a sender that dies mid-send only
     delays the row: at-least-once, never lost.
     """

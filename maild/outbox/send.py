@@ -225,7 +225,31 @@ class Sender:
                     pass
             except TemporaryFailure as exc:
                 event(log, "database unavailable", logging.WARNING, error=str(exc))
+            except Exception:
+                # The rows stay claimed and come due again; a dead sender thread would
+                # stop all outbound mail without a sound, so log and carry on.
+                log.exception("outbox sender pass failed")
             wake.wait(self._settings.interval)
+
+
+class SenderThread:
+    """The sender on a thread of the daemon (smtplib blocks); the scheduler wakes it."""
+
+    def __init__(self, sender: Sender) -> None:
+        self.wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=sender.run, args=(self.wake, self._stop), name="maild-outbox", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the mail being sent, then stop."""
+        self._stop.set()
+        self.wake.set()
+        self._thread.join()
 
 
 def backoff(attempts: int, settings: OutboundSettings) -> timedelta:

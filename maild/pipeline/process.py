@@ -23,6 +23,7 @@ from maild.db.session import Database
 from maild.errors import Ignore, Quarantine, TemporaryFailure
 from maild.logs import event
 from maild.numbering import Numbering
+from maild.outbox.bounce import record_bounce
 from maild.outbox.queue import Acknowledger
 from maild.pipeline.apply import apply
 from maild.pipeline.classify import classify
@@ -223,6 +224,12 @@ class Processor:
         step.name = "thread"
         decision = thread(mail, queries.SqlThreadIndex(conn), self._numbering)
         if decision.ticket_id is None:
+            if mail_class is MailClass.BOUNCE:
+                # outbox (issue 6): a bounce of one of our mails is noted on its ticket,
+                # in this transaction (an Ignore would roll the note back).
+                bounced = record_bounce(conn, entry.id, self._clock.now())
+                if bounced is not None:
+                    return Outcome(entry.id, SpoolState.IGNORED, step="classify", reason=bounced)
             if mail_class in (MailClass.AUTO_REPLY, MailClass.BOUNCE):
                 raise Ignore("classify", f"{mail_class.value} that belongs to no ticket")
             requester = self._requester(mail, envelope)

@@ -11,6 +11,9 @@ the mail next time; the pipeline's Message-ID + body-hash dedupe keeps it to one
 The checkpoint is UIDVALIDITY + last UID per (mailbox, folder). When UIDVALIDITY changes
 the old UIDs mean nothing, so the folder is rescanned from UID 1 (dedupe again).
 
+Authentication is LOGIN with a password, or XOAUTH2 with an access token printed by the
+configured `token_command` at every connect.
+
 With several instances on one PostgreSQL database a mailbox is served by whoever holds
 its lease row; the holder renews it while polling and releases it on a clean stop, and a
 crashed holder's lease is taken over once it expires. Instances need synchronised clocks.
@@ -23,6 +26,7 @@ import logging
 import os
 import socket
 import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -50,7 +54,7 @@ from maild.types import Envelope
 
 log = logging.getLogger("maild.imap")
 
-ErrorKind = Literal["auth", "tls", "connect", "protocol", "database", "internal"]
+ErrorKind = Literal["auth", "token", "tls", "connect", "protocol", "database", "internal"]
 State = Literal["starting", "standby", "syncing", "idle", "polling", "error", "stopped"]
 
 SEEN = b"\\Seen"
@@ -198,7 +202,36 @@ class _LeaseLost(Exception):
     """Another instance holds the mailbox now: stop serving it."""
 
 
+class TokenCommandError(Exception):
+    """The OAuth2 token command failed, timed out, or printed nothing."""
+
+
+def fetch_token(command: Sequence[str], timeout: float) -> str:
+    """Run `token_command` and return the access token it prints. Raises TokenCommandError."""
+    try:
+        result = subprocess.run(
+            list(command),
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise TokenCommandError(f"token command could not run: {exc}") from exc
+    if result.returncode != 0:
+        why = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise TokenCommandError(
+            f"token command exited {result.returncode}: {why[0] if why else 'no message'}"
+        )
+    token = result.stdout.decode("utf-8", "replace").strip()
+    if not token:
+        raise TokenCommandError("token command printed no token")
+    return token
+
+
 def _classify(exc: BaseException) -> ErrorKind:
+    if isinstance(exc, TokenCommandError):
+        return "token"
     if isinstance(exc, LoginError):
         return "auth"
     if isinstance(exc, ssl.SSLError | ssl.CertificateError):
@@ -364,7 +397,11 @@ class Poller:
         try:
             if s.tls == "starttls":
                 client.starttls(context)
-            client.login(s.username, self._password)
+            if s.auth == "xoauth2":
+                # A fresh token at every connect: access tokens live about an hour.
+                client.oauth2_login(s.username, fetch_token(s.token_command or (), s.timeout))
+            else:
+                client.login(s.username, self._password)
         except BaseException:
             with contextlib.suppress(Exception):
                 client.shutdown()
@@ -630,7 +667,7 @@ def make_pollers(
         [
             Poller(
                 mailbox,
-                password_for(mailbox, env),
+                password_for(mailbox, env) if mailbox.auth == "password" else "",
                 settings.mail.max_message_size,
                 db,
                 clock,
