@@ -15,6 +15,8 @@ from maild.errors import TemporaryFailure
 from maild.numbering import Numbering
 from maild.pipeline.process import Processor
 from maild.rules import Directory, RuleHolder, RuleSet
+from maild.sla.policy import SlaHolder
+from maild.sla.track import SlaTracker
 
 
 def load_rule_holder(directory: Path) -> RuleHolder:
@@ -44,7 +46,11 @@ class App:
         )
         self.numbering = Numbering(self.settings.tickets)
         self._rules: RuleHolder | None = None
-        self.processor = Processor(self.db, self.settings, self.clock, lambda: self.rules.current)
+        self._sla: SlaHolder | None = None
+        self.sla_tracker = SlaTracker(lambda: self.sla.current)
+        self.processor = Processor(
+            self.db, self.settings, self.clock, lambda: self.rules.current, self.sla_tracker
+        )
 
     @property
     def rules(self) -> RuleHolder:
@@ -53,6 +59,15 @@ class App:
         if self._rules is None:
             self._rules = load_rule_holder(self.settings.paths.rules)
         return self._rules
+
+    @property
+    def sla(self) -> SlaHolder:
+        """The SLA policies (rules/sla.yaml), loaded on first use like the rules; they
+        follow edits of the file by themselves. Broken policies leave none in force (mail
+        is still filed); commands that accept mail refuse to start on them."""
+        if self._sla is None:
+            self._sla = SlaHolder.open(self.settings.paths.rules)
+        return self._sla
 
     def prepare_schema(self) -> None:
         """Upgrade embedded SQLite on start; PostgreSQL is upgraded by the operator."""

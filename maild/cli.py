@@ -19,18 +19,22 @@ from maild.db import migrate
 from maild.db.models import SpoolEntry
 from maild.errors import ConfigError, Quarantine, TemporaryFailure
 from maild.outbox import admin as outbox_admin
+from maild.outbox.preview import NoSuchTicket, context_of_ticket, render_mail
+from maild.pipeline.limits import MailLimits
 from maild.pipeline.parse_ahead import ParseAhead
 from maild.pipeline.process import Parsed
 from maild.receive.ingest import MissingInput, check_inputs, read_inputs
 from maild.rules import RuleError
 from maild.rules import cli as rules_cli
-from maild.templating import Templates, sample_context
+from maild.sla import cli as sla_cli
+from maild.templating import TemplateError, TemplateMissing, Templates, sample_context
 from maild.types import Envelope
 
 EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_NOINPUT = 66
+EX_UNAVAILABLE = 69
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
@@ -117,6 +121,42 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     tcheck = templates.add_parser("check", parents=[common], help="render every template")
     tcheck.set_defaults(handler=_templates_check, needs_app=False)
+    trender = templates.add_parser(
+        "render", parents=[common], help="print a template's mail as it would be sent"
+    )
+    trender.add_argument("name", help="e.g. requester/ticket_created")
+    trender.add_argument("--ticket", metavar="NUMBER", help="use this ticket, not sample data")
+    trender.add_argument("--lang", help="language variant, e.g. hu")
+    trender.set_defaults(handler=_templates_render, needs_app=False)
+
+    # IMAP mailboxes (issue 4)
+    imap = commands.add_parser("imap", help="IMAP mailboxes").add_subparsers(
+        dest="action", required=True
+    )
+    icheck = imap.add_parser(
+        "check", parents=[common], help="connect, log in and report, changing nothing"
+    )
+    icheck.add_argument("name", nargs="?", metavar="NAME", help="one [[imap]] name (default: all)")
+    icheck.add_argument("--json", action="store_true")
+    icheck.set_defaults(handler=_imap_check)
+
+    # sla (issue 8)
+    sla = commands.add_parser("sla", help="service levels").add_subparsers(
+        dest="action", required=True
+    )
+    scheck = sla.add_parser("check", parents=[common], help="validate rules/sla.yaml")
+    scheck.add_argument("directory", nargs="?", help="default: [paths] rules")
+    scheck.set_defaults(handler=_sla_check, needs_app=False)
+    stick = sla.add_parser("tick", parents=[common], help="run one SLA sweep")
+    stick.add_argument("--now", metavar="ISO", help="sweep as at this time (UTC if no zone)")
+    stick.add_argument("--json", action="store_true")
+    stick.set_defaults(handler=_sla_tick)
+    sstatus = sla.add_parser("status", parents=[common], help="due times and fired stages")
+    sstatus.add_argument("number", nargs="?")
+    sstatus.add_argument("--now", metavar="ISO", help="elapsed time as at this time")
+    sstatus.add_argument("--limit", type=int, default=100, help="tickets listed (default 100)")
+    sstatus.add_argument("--json", action="store_true")
+    sstatus.set_defaults(handler=_sla_status)
 
     db = commands.add_parser("db", help="database schema").add_subparsers(
         dest="action", required=True
@@ -147,6 +187,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
             app.prepare_schema()
         if handler in (_run, _ingest, _quarantine_retry):
             _ = app.rules  # fail before accepting or filing any mail
+            app.sla.raise_if_broken()
         return handler(app, args, out)
     except RuleError as exc:
         print(f"maild: the rules are broken, nothing was done:\n{exc}", file=sys.stderr)
@@ -172,7 +213,7 @@ def _run(app: App, args: argparse.Namespace, out: TextIO) -> int:
 def _ingest(app: App, args: argparse.Namespace, out: TextIO) -> int:
     check_inputs(args.paths)
     results: Counter[str] = Counter()
-    ahead: ParseAhead[int] = ParseAhead()
+    ahead: ParseAhead[int] = ParseAhead(limits=MailLimits.of(app.settings.mail))
 
     def file(spool_id: int, parsed: Parsed) -> None:
         try:
@@ -338,11 +379,93 @@ def _outbox_retry(app: App, args: argparse.Namespace, out: TextIO) -> int:
 
 def _templates_check(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     templates = Templates(settings.paths.templates, settings.outbound.language)
-    problems = templates.check(sample_context())
+    problems = templates.check()
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return EX_DATAERR
     print(f"{len(templates.names())} templates render cleanly", file=out)
+    return EX_OK
+
+
+def _templates_render(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    templates = Templates(settings.paths.templates, settings.outbound.language)
+    app = App(settings)
+    try:
+        context = sample_context(args.name)
+        if args.ticket is not None:
+            # Only a real ticket needs the database; the sample renders without one.
+            app.prepare_schema()
+            with app.db.transaction() as session:
+                context = context_of_ticket(
+                    session.connection(), args.name, args.ticket, settings, app.numbering
+                )
+        mail = render_mail(
+            templates,
+            args.name,
+            context,
+            language=args.lang,
+            settings=settings,
+            numbering=app.numbering,
+            now=app.clock.now(),
+        )
+    except NoSuchTicket as exc:
+        print(f"maild: {exc}", file=sys.stderr)
+        return EX_NOINPUT
+    except TemplateMissing as exc:
+        print(f"maild: {exc}", file=sys.stderr)
+        return EX_NOINPUT
+    except TemplateError as exc:
+        print(f"maild: template {args.name}: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    except TemporaryFailure as exc:
+        print(f"maild: temporary failure, try again later: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    finally:
+        app.close()
+    out.write(mail.raw.decode("utf-8", "replace").replace("\r\n", "\n"))
+    return EX_OK
+
+
+def _imap_check(app: App, args: argparse.Namespace, out: TextIO) -> int:
+    # Imported here: imapclient is loaded only by the commands that talk IMAP.
+    from maild.receive import imap_check
+
+    try:
+        mailboxes = imap_check.select(app.settings.imap, args.name)
+    except LookupError as exc:
+        print(f"maild: {exc.args[0]}", file=sys.stderr)
+        return EX_USAGE
+    try:
+        reports = [imap_check.check(m, app.db, app.clock) for m in mailboxes]
+    except ConfigError as exc:  # a password or token variable that is not set
+        print(f"maild: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    if args.json:
+        _dump([r.as_dict() for r in reports], out)
+    else:
+        text = "\n\n".join(imap_check.render(r) for r in reports)
+        print(text or "no [[imap]] mailboxes", file=out)
+    return EX_OK if all(r.ok for r in reports) else EX_UNAVAILABLE
+
+
+def _sla_check(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    code, text = sla_cli.check(args.directory or settings.paths.rules)
+    print(text, file=out if code == EX_OK else sys.stderr)
+    return code
+
+
+def _sla_tick(app: App, args: argparse.Namespace, out: TextIO) -> int:
+    report = sla_cli.tick(app, sla_cli.parse_now(args.now, app))
+    print(sla_cli.dump(report) if args.json else sla_cli.render_tick(report), file=out)
+    return EX_OK
+
+
+def _sla_status(app: App, args: argparse.Namespace, out: TextIO) -> int:
+    items = sla_cli.status(app, args.number, sla_cli.parse_now(args.now, app), args.limit)
+    if items is None:
+        print(f"maild: no ticket {args.number}", file=sys.stderr)
+        return EX_NOINPUT
+    print(sla_cli.dump(items) if args.json else sla_cli.render_status(items), file=out)
     return EX_OK
 
 

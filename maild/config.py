@@ -13,6 +13,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -72,6 +73,18 @@ class MailSettings(_Section):
     support_addresses: list[str] = Field(default_factory=lambda: ["support@example.com"])
     support_domains: list[str] = Field(default_factory=list)
     max_message_size: int = Field(default=25 * 1024 * 1024, gt=0)
+    # Past any of these a mail is quarantined (step parse), whichever way it came in.
+    # Far above real mail (the dev corpus peaks at 57 fields, 7 KB of headers, depth 5,
+    # 13 parts, a 28 KB line); they stop mail built to make the pipeline slow.
+    max_header_fields: int = Field(default=1000, gt=0)
+    max_header_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_mime_depth: int = Field(default=32, gt=0)
+    max_mime_parts: int = Field(default=1000, gt=0)
+    max_attachments: int = Field(default=250, gt=0)
+    # Decoded bytes of all attachments together.
+    max_attachment_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    # Bytes per line, its line end included (RFC 5321 allows 1000; mailers exceed it).
+    max_line_length: int = Field(default=1024 * 1024, gt=0)
 
     @field_validator("support_addresses", "support_domains")
     @classmethod
@@ -107,6 +120,14 @@ class SmtpSettings(_Section):
     idle_timeout: float = Field(default=300.0, gt=0)
     # On SIGTERM, how long an SMTP transaction in flight may take to finish.
     shutdown_grace: float = Field(default=30.0, ge=0)
+    # Flood throttle, checked at MAIL FROM: transactions one envelope sender may start per
+    # throttle_window seconds (a token bucket: that many at once, then refilled evenly);
+    # past it `451 4.7.1`, and the sender's MTA retries later. 0 turns it off.
+    max_mails_per_sender: int = Field(default=120, ge=0)
+    # The same per client IP address. Off by default: behind a relay all mail comes from
+    # one address.
+    max_mails_per_client: int = Field(default=0, ge=0)
+    throttle_window: float = Field(default=60.0, gt=0)
 
 
 class DaemonSettings(_Section):
@@ -115,6 +136,21 @@ class DaemonSettings(_Section):
     workers: int = Field(default=1, ge=0, le=64)
     # How often to look for mail spooled by other processes (ingest, other instances).
     poll_interval: float = Field(default=2.0, gt=0)
+    # Backpressure: with this many mails pending in the spool, SMTP answers RCPT with
+    # `451 4.3.2` and IMAP stops fetching, until fewer than spool_low_mark (default: half
+    # the high mark) are pending. 0 turns it off. The depth is re-read every
+    # backpressure_interval seconds.
+    spool_high_mark: int = Field(default=10_000, ge=0)
+    spool_low_mark: int | None = Field(default=None, ge=0)
+    backpressure_interval: float = Field(default=1.0, gt=0)
+
+    @field_validator("spool_low_mark")
+    @classmethod
+    def _low_below_high(cls, value: int | None, info: ValidationInfo) -> int | None:
+        high = info.data.get("spool_high_mark")
+        if high and value is not None and value >= high:
+            raise ValueError(f"must be below spool_high_mark ({high})")
+        return value
 
 
 class HttpSettings(_Section):
@@ -144,14 +180,26 @@ class ImapSettings(_Section):
     # A PEM bundle of CAs to trust instead of the system's (a private CA).
     ca_file: Path | None = None
     username: str = Field(min_length=1)
-    # "password": LOGIN with a password. "xoauth2": an OAuth2 access token printed by
-    # token_command (run at every connect; e.g. a helper that refreshes and caches it).
+    # "password": LOGIN with a password. "xoauth2": an OAuth2 access token, either printed
+    # by token_command (run at every connect) or got by maild's own refresh-token flow.
     auth: Literal["password", "xoauth2"] = "password"
     # With auth = "password", exactly one of these: the password, or the variable holding it.
     password: SecretStr | None = None
     password_env: str | None = Field(default=None, validate_default=True)
     # With auth = "xoauth2": the command (argv list, no shell) that prints the access token.
     token_command: list[str] | None = Field(default=None, validate_default=True)
+    # With auth = "xoauth2", or instead: the refresh-token flow. The provider's token
+    # endpoint (https; http only to loopback), the app's client id, the variables holding
+    # the client secret (confidential clients) and the first refresh token. A refresh
+    # token the provider rotates is kept in the database and used from then on.
+    client_id: str | None = None
+    client_secret_env: str | None = None
+    refresh_token_env: str | None = None
+    scope: str | None = None
+    # How long a refresh token lives when the provider does not say (Microsoft 365: 90 days
+    # from its issue, renewed by each rotation). Drives the expiry metric and warning.
+    refresh_token_lifetime_days: float = Field(default=90.0, gt=0)
+    token_url: str | None = Field(default=None, validate_default=True)
     # The support address this mailbox stands for: the envelope recipient of its mail.
     address: str = Field(min_length=3)
     folders: list[str] = Field(default_factory=lambda: ["INBOX"], min_length=1)
@@ -210,7 +258,7 @@ class ImapSettings(_Section):
     def _one_password(cls, value: str | None, info: ValidationInfo) -> str | None:
         if info.data.get("auth") == "xoauth2":
             if info.data.get("password") is not None or value is not None:
-                raise ValueError("auth = 'xoauth2' uses token_command, not a password")
+                raise ValueError("auth = 'xoauth2' uses an OAuth2 token, not a password")
             return value
         if (info.data.get("password") is None) == (value is None):
             raise ValueError("set exactly one of 'password' and 'password_env'")
@@ -221,12 +269,40 @@ class ImapSettings(_Section):
     def _token_command_for_oauth(
         cls, value: list[str] | None, info: ValidationInfo
     ) -> list[str] | None:
-        oauth = info.data.get("auth") == "xoauth2"
-        if oauth and not (value and value[0]):
-            raise ValueError("auth = 'xoauth2' needs token_command (a non-empty argv list)")
-        if not oauth and value is not None:
+        if value is not None and not (value and value[0]):
+            raise ValueError("must be a non-empty argv list")
+        if info.data.get("auth") != "xoauth2" and value is not None:
             raise ValueError("token_command is only used with auth = 'xoauth2'")
         return value
+
+    @field_validator("token_url")
+    @classmethod
+    def _one_token_source(cls, url: str | None, info: ValidationInfo) -> str | None:
+        flow = ("client_id", "client_secret_env", "refresh_token_env", "scope")
+        given = [key for key in flow if info.data.get(key) is not None]
+        if info.data.get("auth") != "xoauth2":
+            if given or url is not None:
+                raise ValueError(
+                    f"{given[0] if given else 'token_url'} is only used with auth = 'xoauth2'"
+                )
+            return url
+        command = info.data.get("token_command") is not None
+        if command == (url is not None):
+            raise ValueError(
+                "auth = 'xoauth2' needs token_command or token_url (the refresh-token flow),"
+                " exactly one"
+            )
+        if command and given:
+            raise ValueError(f"{given[0]} belongs to the refresh-token flow, not token_command")
+        if url is not None:
+            missing = [k for k in ("client_id", "refresh_token_env") if not info.data.get(k)]
+            if missing:
+                raise ValueError(f"token_url needs {' and '.join(missing)}")
+            parsed = urlsplit(url)
+            plain_ok = parsed.scheme == "http" and _is_loopback(parsed.hostname or "")
+            if not (parsed.scheme == "https" or plain_ok) or not parsed.hostname:
+                raise ValueError("token_url must be an https URL (http only to loopback)")
+        return url
 
     @property
     def effective_port(self) -> int:
@@ -269,6 +345,10 @@ class OutboundSettings(_Section):
     # Automatic mails to one recipient, at most.
     max_per_hour: int = Field(default=5, ge=0)
     max_per_day: int = Field(default=20, ge=0)
+    # Automatic replies on one ticket within a day, at most (whoever they go to).
+    max_per_ticket: int = Field(default=10, ge=0)
+    # An address that bounced our mail gets no automatic mail for this long (seconds).
+    bounce_suppress: float = Field(default=7 * 24 * 3600.0, ge=0)
     # Due rows taken per sender pass, and how often the daemon runs a pass (seconds).
     batch_size: int = Field(default=20, ge=1, le=1000)
     interval: float = Field(default=5.0, gt=0)
@@ -289,6 +369,99 @@ class OutboundSettings(_Section):
             except re.error as exc:
                 raise ValueError(f"not a regular expression: {value!r}: {exc}") from exc
         return values
+
+
+# Signing secrets shorter than this are refused: a guessable key makes every token forgeable.
+MIN_SECRET = 16
+
+
+class SigningKey(_Section):
+    """One HMAC key for agents' reply addresses and notification Message-IDs."""
+
+    # Written into every token, so a rotated-out key still verifies until it is removed.
+    id: int = Field(ge=0, le=9999)
+    # Exactly one: the secret itself (keep config.toml private), or the variable holding it.
+    secret: SecretStr | None = None
+    secret_env: str | None = Field(default=None, validate_default=True)
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET:
+            raise ValueError(f"must be at least {MIN_SECRET} characters")
+        return value
+
+    @field_validator("secret_env")
+    @classmethod
+    def _one_secret(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if (info.data.get("secret") is None) == (value is None):
+            raise ValueError("set exactly one of 'secret' and 'secret_env'")
+        return value
+
+
+class AgentSettings(_Section):
+    """Agents working by mail (`[agents]`): notifications, relayed replies, commands."""
+
+    # Signing keys; new tokens use `signing_key` (default: the highest id). Without keys
+    # agents are recognised by Authentication-Results only.
+    keys: list[SigningKey] = Field(default_factory=list)
+    signing_key: int | None = None
+    # Hex digits of HMAC in a reply address (64 bits by default).
+    token_length: int = Field(default=16, ge=8, le=40)
+    # What proves an agent's mail is the agent's: a signed reply address ("token"), an
+    # Authentication-Results header from a trusted relay ("auth"), either, or both.
+    identity: Literal["token_or_auth", "token", "auth", "token_and_auth"] = "token_or_auth"
+    # authserv-ids whose Authentication-Results headers are believed. The relay must
+    # remove such headers arriving from outside (RFC 8601 section 5).
+    trusted_authserv_ids: list[str] = Field(default_factory=list)
+    # Mail from an agent to this address is an internal note (never sent to a customer).
+    internal_address: str | None = None
+    # Display name on relayed replies; "{agent}" is the agent's name, "" shows none.
+    from_name: str = "{agent}"
+    # Keep the agent's signature in the relayed text (quoted history is always removed).
+    keep_signature: bool = True
+    # Notify agents of new tickets and customer follow-ups.
+    notify: bool = True
+    # Attachments go along with notifications and relayed replies up to this many bytes
+    # in total; the rest are named in the text.
+    attachment_limit: int = Field(default=10 * 1024 * 1024, ge=0)
+    # A customer writing to a ticket resolved at most this many days ago reopens it;
+    # later (or to a closed ticket) the mail opens a new ticket linked to the old one.
+    reopen_days: int = Field(default=14, ge=0)
+
+    @field_validator("internal_address")
+    @classmethod
+    def _internal_lower(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lower()
+        if "@" not in value:
+            raise ValueError("must be an e-mail address")
+        return value
+
+    @field_validator("trusted_authserv_ids")
+    @classmethod
+    def _ids_lower(cls, values: list[str]) -> list[str]:
+        return [v.strip().lower() for v in values]
+
+    @field_validator("signing_key")
+    @classmethod
+    def _signing_key_exists(cls, value: int | None, info: ValidationInfo) -> int | None:
+        ids = [k.id for k in info.data.get("keys", [])]
+        if value is not None and value not in ids:
+            raise ValueError(f"no key with id {value} in [[agents.keys]]")
+        if len(set(ids)) != len(ids):
+            raise ValueError("two [[agents.keys]] share an id")
+        return value
+
+
+class SlaSettings(_Section):
+    """The SLA sweep (`[sla]`); the policies live in the rules directory (`sla.yaml`)."""
+
+    # The daemon sweeps this often (seconds): a stage fires at most this late.
+    interval: float = Field(default=30.0, gt=0)
+    # Due tickets taken per transaction.
+    batch_size: int = Field(default=500, ge=1, le=10_000)
 
 
 def _is_loopback(host: str) -> bool:
@@ -322,13 +495,19 @@ class Settings(_Section):
         default_factory=list
     )
     outbound: OutboundSettings = OutboundSettings()
+    agents: AgentSettings = AgentSettings()
+    sla: SlaSettings = SlaSettings()
     source: str = Field(default="<defaults>", exclude=True)
 
     def is_support_address(self, address: str) -> bool:
         address = address.lower()
         if address in self.mail.support_addresses:
             return True
-        domain = address.rpartition("@")[2]
+        # agents (issue 7): signed reply addresses are sub-addresses of a support address.
+        local, _, domain = address.rpartition("@")
+        base = f"{local.partition('+')[0]}@{domain}"
+        if base in self.mail.support_addresses or address == self.agents.internal_address:
+            return True
         return bool(domain) and domain in self.mail.support_domains
 
 
@@ -377,4 +556,12 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
         # A non-table [database] is left alone so validation reports it by name.
         if isinstance(section, dict):
             data["database"] = {**section, "url": url}
-    return parse_settings(data, source)
+    settings = parse_settings(data, source)
+    # agents (issue 7): a signing secret named by variable must be there before anything runs.
+    for index, key in enumerate(settings.agents.keys):
+        if key.secret_env is not None and len(env.get(key.secret_env, "")) < MIN_SECRET:
+            raise ConfigError(
+                f"{source}: key 'agents.keys.{index}.secret_env': environment variable "
+                f"{key.secret_env} is not set or shorter than {MIN_SECRET} characters"
+            )
+    return settings

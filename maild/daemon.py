@@ -20,9 +20,13 @@ from maild.health import HealthServer, Metrics, spool_status
 from maild.logs import event
 from maild.outbox.send import Sender, SenderThread
 from maild.pipeline.process import Outcome
+from maild.receive.backpressure import Backpressure
+from maild.receive.group_commit import GroupCommit
 from maild.receive.imap import start_pollers
 from maild.receive.smtp import Listener, serve
+from maild.receive.throttle import Throttle
 from maild.scheduler import Scheduler
+from maild.sla.service import SweepThread, build_sweeper
 from maild.types import Envelope
 from maild.worker import Counter, Flag, Generation, process_main, work
 
@@ -93,17 +97,20 @@ class _Workers:
         collector.start()
 
     def _record(self, outcome: Outcome, seconds: float) -> None:
-        self.metrics.processed.labels(outcome.state.value).inc()
-        self.metrics.processing_seconds.observe(seconds)
+        self._count(outcome.state.value, seconds, outcome.auto_reply_suppressed)
 
     def _collect(self) -> None:
         while True:
             item = self._results.get()
             if item is None:
                 return
-            state, seconds = item
-            self.metrics.processed.labels(state).inc()
-            self.metrics.processing_seconds.observe(seconds)
+            self._count(*item)
+
+    def _count(self, state: str, seconds: float, suppressed: str | None) -> None:
+        self.metrics.processed.labels(state).inc()
+        self.metrics.processing_seconds.observe(seconds)
+        if suppressed is not None:
+            self.metrics.auto_replies_suppressed.labels(suppressed).inc()
 
     def join(self) -> None:
         """Let each worker finish the mail it is on, then stop."""
@@ -123,29 +130,68 @@ async def run(app: App) -> int:
     metrics = Metrics(app.db, app.clock)
     workers = _Workers(app, metrics)
 
+    def write_many(mails: list[tuple[bytes, Envelope]]) -> list[int]:
+        return spool.put_many(app.db, mails, "smtp", app.clock.now())
+
+    group_commit = GroupCommit(write_many)
+
+    # hardening (issue 9): past the spool's high mark the receivers refuse or pause.
+    def pending() -> int:
+        with app.db.transaction() as session:
+            return spool.count_pending(session, settings.daemon.spool_high_mark)
+
+    backpressure = Backpressure.of(settings.daemon, pending, metrics.backpressure.set)
+    await asyncio.to_thread(backpressure.refresh)
+
     async def put(raw: bytes, envelope: Envelope) -> int:
-        spool_id = await asyncio.to_thread(
-            spool.put, app.db, raw, envelope, "smtp", app.clock.now()
-        )
+        spool_id = await group_commit.put(raw, envelope)
+        backpressure.spooled()
         workers.wake.set()
         return spool_id
 
-    listener = Listener(settings, put, lambda result: metrics.received.labels("smtp", result).inc())
+    listener = Listener(
+        settings,
+        put,
+        lambda result: metrics.received.labels("smtp", result).inc(),
+        throttle=Throttle.of(settings.smtp, app.clock),
+        accepting=backpressure.accepting,
+    )
     servers = [await serve(listener, one) for one in settings.listener]
     workers.start()
     pollers = (
-        start_pollers(settings, app.db, app.clock, workers.wake.set, metrics)
+        start_pollers(
+            settings,
+            app.db,
+            app.clock,
+            workers.wake.set,
+            metrics,
+            accepting=backpressure.accepting,
+        )
         if settings.imap
         else None
     )
 
     # outbox (issue 6): the sender thread sends due rows whenever the scheduler wakes it.
-    outbox = SenderThread(Sender(app.db, settings.outbound, app.clock))
+    outbox = SenderThread(
+        Sender(
+            app.db,
+            settings.outbound,
+            app.clock,
+            on_result=lambda result: metrics.outbound.labels(result).inc(),
+        )
+    )
     outbox.start()
+
+    # sla (issue 8): the sweep runs on its own thread whenever the scheduler wakes it.
+    sla = SweepThread(build_sweeper(app), app.clock)
+    sla.start()
 
     scheduler = Scheduler()
     scheduler.every("spool-poll", settings.daemon.poll_interval, workers.wake.set)
     scheduler.every("outbox-send", settings.outbound.interval, outbox.wake.set)
+    scheduler.every("sla-sweep", settings.sla.interval, sla.wake.set)
+    if settings.daemon.spool_high_mark:
+        scheduler.every("backpressure", settings.daemon.backpressure_interval, backpressure.refresh)
     scheduler.start()
 
     health: HealthServer | None = None
@@ -153,7 +199,8 @@ async def run(app: App) -> int:
 
         def status() -> dict[str, Any]:
             imap = {"imap": pollers.status()} if pollers is not None else {}
-            return {**spool_status(app.db, app.clock), **imap}
+            pressure = {"backpressure": backpressure.status()}
+            return {**spool_status(app.db, app.clock), **pressure, **imap}
 
         health = HealthServer(settings.http.host, settings.http.port, metrics, status)
         health.start()
@@ -192,6 +239,7 @@ async def run(app: App) -> int:
         await asyncio.to_thread(pollers.stop)
     await asyncio.to_thread(workers.join)
     await asyncio.to_thread(outbox.stop)
+    await asyncio.to_thread(sla.stop)
     if health is not None:
         health.stop()
     event(log, "stopped")

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -16,6 +16,7 @@ from maild import spool
 from maild.clock import Clock
 from maild.db.session import Database
 from maild.errors import TemporaryFailure
+from maild.outbox.metrics import OutboxCollector
 
 
 class Metrics:
@@ -46,7 +47,27 @@ class Metrics:
             "Rule reloads rejected (the last good rules stayed in force)",
             registry=self.registry,
         )
+        # outbox (issue 6)
+        self.auto_replies_suppressed = Counter(
+            "maild_auto_replies_suppressed",
+            "Automatic replies not sent, by the loop/abuse rule that stopped them",
+            ["rule"],
+            registry=self.registry,
+        )
+        self.outbound = Counter(
+            "maild_outbound_attempts",
+            "Outbound delivery attempts, by result (sent, retry, failed)",
+            ["result"],
+            registry=self.registry,
+        )
+        # hardening (issue 9)
+        self.backpressure = Gauge(
+            "maild_backpressure",
+            "1 while the spool is past its high mark and receivers refuse or pause",
+            registry=self.registry,
+        )
         self.registry.register(_SpoolCollector(db, clock))
+        self.registry.register(OutboxCollector(db, clock))
 
 
 class _SpoolCollector(Collector):

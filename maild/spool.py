@@ -146,7 +146,7 @@ def finish(
             "spool_id": spool_id,
             "state_": state,
             "step_": step,
-            "reason_": reason,
+            "reason_": None if reason is None else _no_nul(reason),
             "at": now,
             "from_": _clip(summary.from_),
             "subject_": _clip(summary.subject),
@@ -156,7 +156,13 @@ def finish(
 
 
 def _clip(value: str | None) -> str | None:
-    return None if value is None else value[:_HEADER_LIMIT]
+    return None if value is None else _no_nul(value[:_HEADER_LIMIT])
+
+
+def _no_nul(text: str) -> str:
+    # PostgreSQL text takes no NUL; a hostile header must not keep its mail from
+    # being recorded.
+    return text.replace("\x00", "\ufffd")
 
 
 _FINISH = (
@@ -200,6 +206,13 @@ def depth(session: Session) -> tuple[int, datetime | None]:
     return int(count), oldest
 
 
+def count_pending(session: Session, cap: int) -> int:
+    """Pending mails, counted up to `cap`: the cost stays bounded however deep the spool
+    (backpressure reads it every second)."""
+    pending = select(SpoolEntry.id).where(SpoolEntry.state == SpoolState.PENDING).limit(cap)
+    return int(session.scalar(select(func.count()).select_from(pending.subquery())) or 0)
+
+
 def summarise(raw: bytes) -> Summary:
     """From, Subject and Message-ID of a mail the parser could not read; never fails."""
     headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:65536])
@@ -236,3 +249,30 @@ def peek(db: Database, *, spool_id: int | None = None, after_id: int = 0) -> Pee
     with db.transaction() as session:
         row = session.execute(query.order_by(SpoolEntry.id).limit(1)).first()
     return None if row is None else Peeked(row[0], row[1])
+
+
+def peek_many(db: Database, *, after_id: int, limit: int, max_bytes: int) -> list[Peeked]:
+    """The oldest pending mails after `after_id`, unclaimed: at most `limit` of them, and
+    past the first, no more than `max_bytes` of raw mail in all."""
+    with db.transaction() as session:
+        sizes = session.execute(
+            select(SpoolEntry.id, SpoolEntry.size)
+            .where(SpoolEntry.state == SpoolState.PENDING, SpoolEntry.id > after_id)
+            .order_by(SpoolEntry.id)
+            .limit(limit)
+        ).all()
+        chosen: list[int] = []
+        total = 0
+        for spool_id, size in sizes:
+            if chosen and total + size > max_bytes:
+                break
+            chosen.append(spool_id)
+            total += size
+        if not chosen:
+            return []
+        rows = session.execute(
+            select(SpoolEntry.id, SpoolEntry.raw)
+            .where(SpoolEntry.id.in_(chosen), SpoolEntry.state == SpoolState.PENDING)
+            .order_by(SpoolEntry.id)
+        ).all()
+    return [Peeked(row[0], row[1]) for row in rows]

@@ -9,6 +9,7 @@ text never becomes markup there and stays verbatim in the text part.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,9 @@ from jinja2 import (
     Environment,
     FileSystemLoader,
     StrictUndefined,
-    TemplateError,
     TemplateNotFound,
 )
+from jinja2 import TemplateError as TemplateError  # what render raises, for callers
 
 PACKAGED = Path(__file__).parent / "templates"
 _PARTS = ("subject", "txt", "html")
@@ -97,18 +98,22 @@ class Templates:
                 found.add((stem, language))
         return sorted(found, key=lambda item: (item[0], item[1] or ""))
 
-    def check(self, context: dict[str, Any]) -> list[str]:
-        """Render every template and part against `context`; one line per problem."""
+    def check(self, context_for: Callable[[str], dict[str, Any]] | None = None) -> list[str]:
+        """Render every template and part against the context its name gets (default:
+        `sample_context`); one line per problem, naming file and line."""
+        context_for = context_for or sample_context
         problems: list[str] = []
         for name, language in self.names():
+            context = context_for(name)
             for part in _PARTS:
                 filename = self._file(name, part, language)
                 if filename is None:
                     if part != "html":
                         problems.append(f"{name} ({language or 'default'}): no {part} part")
                     continue
+                values = {**context, "language": language or self.default_language}
                 try:
-                    self._env.get_template(filename).render({**context, "language": language})
+                    self._env.get_template(filename).render(values)
                 except TemplateError as exc:
                     line = getattr(exc, "lineno", None)  # syntax errors know their line
                     where = f":{line}" if line else ""
@@ -116,11 +121,90 @@ class Templates:
         return problems
 
 
-def sample_context() -> dict[str, Any]:
-    """A context with exactly the variables an acknowledgement gets (outbox/queue.py,
-    documented in templates/README.md), so a template that checks clean also renders."""
+# Variables only some templates get, keyed by audience (the part of the name before "/")
+# or by a full name (`agent/sla_warning`), which adds to its audience's. A template must
+# check clean against exactly what it will be given at run time, so whoever sends a new
+# kind of mail adds its sample variables here.
+_AUDIENCE_SAMPLES: dict[str, dict[str, Any]] = {
+    "requester": {},
+    # agents (issue 7): notifications and error mails (maild/agents/desk.py). Agents also
+    # see the ticket's tier and tags.
+    "agent": {
+        "ticket": {
+            "number": "1042",
+            "tag": "[#1042]",
+            "subject": "Printer on fire",
+            "status": "new",
+            "priority": "normal",
+            "type": None,
+            "queue": None,
+            "team": "first-line",
+            "assignee": "anna@example.com",
+            "created_at": "Mon, 02 Mar 2026 09:00:01 +0000",
+            "tier": 1,
+            "tags": ["printer"],
+        },
+        "agent": {"address": "anna@example.com", "name": "Anna Kovács"},
+        "reply_address": "support+t1042.a1b2c3d4e.k1.0123456789abcdef@example.com",
+        "attachments": [{"filename": "photo.jpg", "size": 48213, "attached": True}],
+        "history": [
+            {"number": "998", "subject": "Toner", "status": "closed", "created_at": "2026-01-20"}
+        ],
+        "notes": [{"agent": "bence@example.com", "text": "Called her.", "at": "2026-03-02"}],
+        "commands": [["#status open|pending|resolved|closed", "set the status"]],
+    },
+    "agent/command_error": {
+        "errors": ["#status sleeping: status must be one of open, pending, resolved, closed"]
+    },
+    "agent/assigned": {"assigned_by": {"address": "bence@example.com", "name": "Bence Tóth"}},
+}
+# sla (issue 8): escalation notices to agents and leads (maild/sla/sweep.py).
+_SLA_SAMPLE: dict[str, Any] = {
+    "ticket": {**_AUDIENCE_SAMPLES["agent"]["ticket"], "team": "network", "tier": 2},
+    "recipient": {"address": "david@example.com", "role": "lead"},
+    "sla": {
+        "policy": "standard",
+        "target": "first_response",
+        "target_title": "first response",
+        "stage": "breach",
+        "occurrence": 1,
+        "due_at": "2026-03-02 14:00 CET",
+        "late": True,
+        "overdue": "0m",
+        "remaining": "",
+        "escalated": {
+            "from_team": "first-line",
+            "to_team": "network",
+            "from_tier": 1,
+            "to_tier": 2,
+        },
+    },
+}
+_AUDIENCE_SAMPLES.update(
+    dict.fromkeys(("agent/sla_warning", "agent/sla_breach", "lead/sla_breach"), _SLA_SAMPLE)
+)
+
+
+def sample_context(name: str | None = None) -> dict[str, Any]:
+    """Sample values of exactly the variables template `name` gets (documented in
+    templates/README.md): what every template gets (`maild/outbox/context.py` builds the
+    real thing), plus its audience's and its own. A template that checks clean also
+    renders."""
+    audience = (name or "").partition("/")[0]
+    own = _AUDIENCE_SAMPLES.get(name, {}) if name else {}
     return {
-        "ticket": {"number": "1042", "tag": "[#1042]", "subject": "Printer on fire"},
+        "ticket": {
+            "number": "1042",
+            "tag": "[#1042]",
+            "subject": "Printer on fire",
+            "status": "new",
+            "priority": "normal",
+            "type": None,
+            "queue": None,
+            "team": None,
+            "assignee": None,
+            "created_at": "Mon, 02 Mar 2026 09:00:01 +0000",
+        },
         "requester": {"address": "alice@customer.example", "name": "Alice Customer"},
         "message": {
             "subject": "Printer on fire",
@@ -129,4 +213,6 @@ def sample_context() -> dict[str, Any]:
             "date": "Mon, 02 Mar 2026 09:00:00 +0000",
         },
         "support_address": "support@example.com",
+        **_AUDIENCE_SAMPLES.get(audience, {}),
+        **own,
     }

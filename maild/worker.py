@@ -15,14 +15,17 @@ import multiprocessing.queues
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
-from maild import logs
+from maild import logs, spool
 from maild.app import App
 from maild.config import Settings
+from maild.db.session import Database
 from maild.errors import TemporaryFailure
 from maild.logs import event
-from maild.pipeline.process import Outcome, Processor
+from maild.pipeline.parse_ahead import ParseAhead
+from maild.pipeline.process import Outcome, Parsed, Processor
 from maild.rules import RuleHolder
 
 log = logging.getLogger("maild.worker")
@@ -60,10 +63,12 @@ def work(
     poll_interval: float,
     alive: Callable[[], bool] = lambda: True,
     rules: tuple[Generation, RuleHolder] | None = None,
+    ahead: Ahead | None = None,
 ) -> None:
     """Drain, then sleep until woken or the poll interval passes; until `stop` is set.
 
     `rules`: when the generation moves, reload the holder before the next mail.
+    `ahead`: parse the next mails in other processes while this one files the current.
     """
     backoff = poll_interval
     seen = rules[0].value if rules else 0
@@ -74,7 +79,10 @@ def work(
             seen = rules[0].value
             rules[1].reload()
         try:
-            _drain(processor, stop, report)
+            if ahead is None:
+                _drain(processor, stop, report)
+            else:
+                _drain_parsing_ahead(processor, ahead, stop, report)
             backoff = poll_interval
         except TemporaryFailure as exc:
             event(log, "database unavailable", logging.WARNING, error=str(exc), retry_in=backoff)
@@ -95,11 +103,53 @@ def _drain(processor: Processor, stop: Flag, report: Report) -> None:
         last = outcome.spool_id
 
 
+@dataclass
+class Ahead:
+    """Parse-ahead for a worker on SQLite: the spool to peek at and the parsing processes.
+
+    On SQLite a worker's database work and its parsing otherwise take turns on one core
+    while the other idles; parsing the next batch elsewhere overlaps them, as `maild
+    ingest` does. (On PostgreSQL, instances and workers peeking at the same pending rows
+    would parse them twice; there, more workers are the way to use more cores.)
+    """
+
+    db: Database
+    parser: ParseAhead[int]
+    batch: int = 16
+    batch_bytes: int = 8 << 20
+
+
+def _drain_parsing_ahead(processor: Processor, ahead: Ahead, stop: Flag, report: Report) -> None:
+    def file(spool_id: int, parsed: Parsed) -> None:
+        started = time.perf_counter()
+        # None: another worker or a `quarantine retry` got there first; nothing to do.
+        outcome = processor.process(spool_id, parsed)
+        if outcome is not None:
+            report(outcome, time.perf_counter() - started)
+
+    last = 0
+    while not stop.is_set():
+        batch = spool.peek_many(
+            ahead.db, after_id=last, limit=ahead.batch, max_bytes=ahead.batch_bytes
+        )
+        if not batch:
+            break
+        last = batch[-1].id
+        for done in ahead.parser.submit([p.id for p in batch], [p.raw for p in batch]):
+            if stop.is_set():
+                return
+            file(*done)
+    for done in ahead.parser.finish():
+        if stop.is_set():
+            return
+        file(*done)
+
+
 def process_main(
     settings: Settings,
     wake: Flag,
     stop: Flag,
-    results: multiprocessing.queues.Queue[tuple[str, float]],
+    results: multiprocessing.queues.Queue[tuple[str, float, str | None]],
     generation: Generation,
 ) -> None:
     """Entry point of a worker process."""
@@ -111,17 +161,23 @@ def process_main(
     logs.configure(settings.logging.format, settings.logging.level)
     app = App(settings)
     parent = multiprocessing.parent_process()
+    ahead = None if app.db.is_postgres else Ahead(app.db, ParseAhead())
     try:
         work(
             app.processor,
             wake,
             stop,
-            lambda outcome, seconds: results.put((outcome.state.value, seconds)),
+            lambda outcome, seconds: results.put(
+                (outcome.state.value, seconds, outcome.auto_reply_suppressed)
+            ),
             settings.daemon.poll_interval,
             alive=lambda: parent is None or parent.is_alive(),
             rules=(generation, app.rules),
+            ahead=ahead,
         )
     finally:
+        if ahead is not None:
+            ahead.parser.close()
         app.close()
 
 

@@ -2,7 +2,9 @@
 
 One user, `support` / `secret`, with Maildir mail in a temporary directory. `capability`
 replaces the capabilities advertised after login (Dovecot's `imap_capability`), which is
-how a server without MOVE or IDLE is imitated.
+how a server without MOVE or IDLE is imitated. With `tls`, a certificate for 127.0.0.1
+from a throwaway CA (trustme; its PEM at `ca_file`) serves STARTTLS on `port` and
+implicit TLS on `tls_port`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+import trustme
 from imapclient import IMAPClient
 
 from tests.daemon import free_port
@@ -28,10 +31,17 @@ PASSWORD = "secret"
 
 class Dovecot:
     def __init__(
-        self, root: Path, capability: str | None = None, introspection_url: str | None = None
+        self,
+        root: Path,
+        capability: str | None = None,
+        introspection_url: str | None = None,
+        *,
+        tls: bool = False,
     ) -> None:
         self.root = root
         self.port = free_port()
+        self.tls_port = free_port() if tls else 0
+        self.ca_file = root / "ca.pem"
         self._capability = capability
         # XOAUTH2: Dovecot asks this RFC 7662 endpoint whether a token is valid, and whose.
         self._introspection_url = introspection_url
@@ -56,6 +66,14 @@ class Dovecot:
             f"{USER}:{{PLAIN}}{PASSWORD}:{uid}:{gid}::{root / 'mail' / USER}\n"
         )
         capability = f"imap_capability = {self._capability}\n" if self._capability else ""
+        ssl = "ssl = no\n"
+        if self.tls_port:
+            ca = trustme.CA()
+            ca.cert_pem.write_to_path(str(self.ca_file))
+            served = ca.issue_cert("127.0.0.1")
+            served.private_key_pem.write_to_path(str(root / "key.pem"))
+            served.cert_chain_pems[0].write_to_path(str(root / "cert.pem"))
+            ssl = f"ssl = yes\nssl_cert = <{root}/cert.pem\nssl_key = <{root}/key.pem\n"
         mechanisms = "plain login"
         oauth2 = ""
         if self._introspection_url:
@@ -78,8 +96,7 @@ base_dir = {root}/run
 state_dir = {root}/state
 instance_name = maild-test-{uuid.uuid4().hex[:8]}
 log_path = {root}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
+{ssl}disable_plaintext_auth = no
 auth_mechanisms = {mechanisms}
 auth_failure_delay = 0
 mail_location = maildir:{root}/mail/%u
@@ -101,12 +118,18 @@ service imap-login {{
     port = {self.port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {self.tls_port}
   }}
   chroot =
 }}
 service anvil {{
   chroot =
+  # Failed logins from 127.0.0.1 (the wrong-password tests) would otherwise delay every
+  # later failure by 2 to 15 s.
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
 }}
 """
         )
@@ -130,11 +153,7 @@ service anvil {{
         except (FileNotFoundError, ProcessLookupError, ValueError):
             return
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
+        while time.monotonic() < deadline and _running(pid):
             time.sleep(0.05)  # not our child: no wait() to block on
 
     def client(self) -> IMAPClient:
@@ -155,3 +174,13 @@ service anvil {{
             if uids:
                 client.delete_messages(uids)
                 client.expunge()
+
+
+def _running(pid: int) -> bool:
+    """False once the process is gone or a zombie (whose reaping is init's business)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    # The state follows the parenthesised command name, which may itself hold spaces.
+    return stat.rpartition(")")[2].split()[0] != "Z"

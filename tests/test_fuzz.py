@@ -58,10 +58,28 @@ def mutate(raw: bytes, seed: int, kind: str) -> bytes:
         return b"X-Junk: " + b"a" * rng.randint(10_000, 200_000) + b"\r\n" + raw
     if kind == "no_separator":
         return raw.replace(b"\r\n\r\n", b"\r\n", 1).replace(b"\n\n", b"\n", 1)
+    if kind == "deep_mime":
+        # Around the default mail.max_mime_depth (32): some pass, some are quarantined.
+        for level in range(rng.randint(20, 45)):
+            head = b'Content-Type: multipart/mixed; boundary="L%d"\r\n\r\n' % level
+            raw = head + b"--L%d\r\n%s\r\n--L%d--\r\n" % (level, raw, level)
+        return b"From: deep@x.example\r\nMIME-Version: 1.0\r\n" + raw
+    if kind == "long_line":
+        at = rng.randrange(len(raw))
+        return raw[:at] + b"y" * rng.choice([2_000, 1_100_000]) + raw[at:]
     return raw
 
 
-KINDS = ["truncate", "flip", "duplicate_headers", "break_boundaries", "huge_header", "no_separator"]
+KINDS = [
+    "truncate",
+    "flip",
+    "duplicate_headers",
+    "break_boundaries",
+    "huge_header",
+    "no_separator",
+    "deep_mime",
+    "long_line",
+]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

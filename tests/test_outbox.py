@@ -11,6 +11,8 @@ import json
 import queue
 import smtplib
 import socket
+import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
@@ -27,7 +29,7 @@ from maild.app import App
 from maild.cli import EX_NOINPUT, EX_OK, main
 from maild.clock import FixedClock
 from maild.db.models import Event, Message, Outbox, Ticket
-from maild.outbox.send import Attempt, Sender
+from maild.outbox.send import Attempt, Sender, claim
 from maild.types import Envelope, SpoolState
 from tests.conftest import AppFactory, deliver, make_mail
 from tests.daemon import Daemon, write_config
@@ -88,10 +90,16 @@ def sink() -> Iterator[Sink]:
     server.stop()
 
 
+# Does not exist: no routing rules, so every default applies (and the repository's
+# example rules, which notify agents, stay out of these tests).
+NO_RULES = {"rules": str(Path(__file__).parent / "data" / "outbox-no-rules")}
+
+
 def outbound_app(make_app: AppFactory, port: int, **outbound: Any) -> App:
     return make_app(
         outbound={"enabled": True, "host": "127.0.0.1", "port": port, **outbound},
         mail={"support_addresses": [SUPPORT, "billing@example.com"]},
+        paths=NO_RULES,
     )
 
 
@@ -358,7 +366,7 @@ def test_broken_operator_template_keeps_the_ticket_and_says_why(
     (templates / "ticket_created.txt.j2").write_text("Hello {{ requester.nickname }}\n")
     app = make_app(
         outbound={"enabled": True, "host": "127.0.0.1", "port": sink.port},
-        paths={"templates": str(tmp_path / "templates")},
+        paths={**NO_RULES, "templates": str(tmp_path / "templates")},
     )
     outcome = deliver(app, make_mail(), to_support())
     assert outcome.state is SpoolState.DONE
@@ -367,7 +375,8 @@ def test_broken_operator_template_keeps_the_ticket_and_says_why(
     assert "nickname" in failed.data["reason"]
 
 
-def test_disabled_by_default_queues_nothing(app: App) -> None:
+def test_disabled_by_default_queues_nothing(make_app: AppFactory) -> None:
+    app = make_app(paths=NO_RULES)
     deliver(app, make_mail(), to_support())
     assert rows(app, Outbox) == []
 
@@ -411,14 +420,79 @@ def test_maild_run_acknowledges_end_to_end(tmp_path: Path, db_url: str, sink: Si
     try:
         with smtplib.SMTP("127.0.0.1", daemon.smtp_port, timeout=30) as client:
             client.sendmail(ALICE, [SUPPORT], make_mail(message_id="<run-1@customer.example>"))
+            client.sendmail(ALICE, [SUPPORT], make_mail(headers={"List-Id": "<l.example>"}))
         mail_from, rcpts, ack = sink.next_mail(timeout=60)
         assert (mail_from, rcpts) == (SUPPORT, [ALICE])
         assert ack["In-Reply-To"] == "<run-1@customer.example>"
         assert ack["Subject"] == "Re: Printer on fire [#1]"
+        assert ack["Auto-Submitted"] == "auto-replied" and ack["X-Maild-Loop"] == "maild"
         daemon.wait_for(lambda e: e.get("event") == "outbound mail" and e.get("result") == "sent")
+        # The list mail made a ticket but no acknowledgement: both counted.
+        wanted = [
+            'maild_auto_replies_suppressed_total{rule="bulk"} 1.0',
+            'maild_outbound_attempts_total{result="sent"} 1.0',
+        ]
+        assert wait_for_metrics(daemon.http_port, wanted) == []
+        assert sink.count() == 0
         assert daemon.terminate() == 0
     finally:
         daemon.stop_quietly()
+
+
+def test_maild_run_keeps_the_mail_while_the_relay_is_down(tmp_path: Path, db_url: str) -> None:
+    port = free_port()  # the relay is down: nothing listens here yet
+    outbound = {"enabled": True, "port": port, "interval": 0.2, "retry_base": 0.2}
+    daemon = Daemon(write_config(tmp_path, db_url, outbound=outbound), tmp_path).start()
+    relay: Sink | None = None
+    try:
+        with smtplib.SMTP("127.0.0.1", daemon.smtp_port, timeout=30) as client:
+            client.sendmail(ALICE, [SUPPORT], make_mail(message_id="<down-1@customer.example>"))
+        daemon.wait_for(lambda e: e.get("event") == "outbound mail" and e.get("result") == "retry")
+        # The backlog shows while the relay is down.
+        assert wait_for_metrics(daemon.http_port, ["maild_outbox_pending 1.0"]) == []
+        relay = Sink(port).start()
+        _, rcpts, ack = relay.next_mail(timeout=60)
+        assert rcpts == [ALICE] and ack["In-Reply-To"] == "<down-1@customer.example>"
+        daemon.wait_for(lambda e: e.get("event") == "outbound mail" and e.get("result") == "sent")
+        assert wait_for_metrics(daemon.http_port, ["maild_outbox_pending 0.0"]) == []
+        assert daemon.terminate() == 0
+        assert relay.count() == 0  # delivered once
+    finally:
+        daemon.stop_quietly()
+        if relay is not None:
+            relay.stop()
+
+
+def wait_for_metrics(port: int, lines: list[str], timeout: float = 30.0) -> list[str]:
+    """Scrape /metrics until every line is there; the lines still missing at the deadline.
+    (The workers report to the daemon's counters a moment after their log line.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+            text = page.read().decode()
+        missing = [line for line in lines if line not in text.splitlines()]
+        if not missing or time.monotonic() > deadline:
+            return missing
+        time.sleep(0.1)
+
+
+def test_senders_on_postgresql_skip_each_others_rows(
+    make_app: AppFactory, sink: Sink, db_url: str
+) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer; SKIP LOCKED is PostgreSQL's")
+    app = outbound_app(make_app, sink.port, batch_size=1)
+    deliver(app, make_mail(), to_support())
+    deliver(app, make_mail(subject="second"), to_support())
+    first, second = (row.id for row in rows(app, Outbox))
+    with app.db.transaction() as session:
+        # Another instance's sender, mid-claim: its row stays locked until it commits.
+        held = claim(session.connection(), app.clock.now(), app.settings.outbound, app.db)
+        assert [row.id for row in held] == [first]
+        assert [(a.outbox_id, a.result) for a in sender(app).send_due()] == [(second, "sent")]
+    # The held row was moved past its send by its claim: nobody takes it now.
+    assert sender(app).send_due() == []
+    assert sink.count() == 1
 
 
 def postfix_dsn(original: bytes, recipient: str, *, headers_only: bool = False) -> bytes:

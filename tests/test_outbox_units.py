@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from email import message_from_bytes
 from email.policy import default
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jinja2 import UndefinedError
@@ -13,8 +15,8 @@ from maild.config import OutboundSettings, parse_settings
 from maild.errors import ConfigError
 from maild.outbox.bounce import read_report
 from maild.outbox.compose import compose_reply, sending_address
-from maild.outbox.guard import Guard, RecentMail
-from maild.outbox.send import backoff
+from maild.outbox.guard import Guard, RecentMail, Refusal
+from maild.outbox.send import SendError, backoff
 from maild.pipeline.parse import parse
 from maild.templating import Rendered, Templates, sample_context
 from maild.types import Envelope, MailClass
@@ -28,6 +30,20 @@ def guard(**settings: object) -> Guard:
     return Guard(OutboundSettings.model_validate(settings), lambda a: a.lower() in OURS)
 
 
+def refused(
+    recipient: str = "alice@customer.example",
+    mail_class: MailClass = MailClass.HUMAN,
+    recent: RecentMail = NONE_RECENT,
+    headers: dict[str, str] | None = None,
+    envelope: Envelope | None = None,
+    **settings: object,
+) -> Refusal | None:
+    mail = parse(make_mail(headers=headers))
+    return guard(**settings).refusal(
+        mail, mail_class, envelope or Envelope(mail_from=recipient), recipient, recent, T0
+    )
+
+
 def refusal(
     recipient: str = "alice@customer.example",
     mail_class: MailClass = MailClass.HUMAN,
@@ -36,10 +52,8 @@ def refusal(
     envelope: Envelope | None = None,
     **settings: object,
 ) -> str | None:
-    mail = parse(make_mail(headers=headers))
-    return guard(**settings).refusal(
-        mail, mail_class, envelope or Envelope(mail_from=recipient), recipient, recent
-    )
+    found = refused(recipient, mail_class, recent, headers, envelope, **settings)
+    return found.reason if found is not None else None
 
 
 def test_a_human_within_limits_may_be_answered() -> None:
@@ -94,9 +108,53 @@ def test_rate_limits_per_hour_and_per_day() -> None:
     assert refusal(recent=RecentMail(9, 9), max_per_hour=10, max_per_day=10) is None
 
 
+def test_per_ticket_limit_and_bouncing_address() -> None:
+    ticket = refused(recent=RecentMail(0, 0, ticket_last_day=3), max_per_ticket=3)
+    assert ticket is not None and ticket.code == "rate_ticket"
+    assert refused(recent=RecentMail(0, 0, ticket_last_day=2), max_per_ticket=3) is None
+    bouncing = refused(recent=RecentMail(0, 0, bouncing_until=T0 + timedelta(seconds=1)))
+    assert bouncing is not None and bouncing.code == "bouncing"
+    # Once the suppression has run out, the address is answered again.
+    assert refused(recent=RecentMail(0, 0, bouncing_until=T0)) is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code"),
+    [
+        ({"mail_class": MailClass.AUTO_REPLY}, "auto_reply"),
+        ({"mail_class": MailClass.BOUNCE}, "bounce"),
+        ({"mail_class": MailClass.BULK}, "bulk"),
+        ({"envelope": Envelope(mail_from="")}, "null_sender"),
+        ({"recipient": "noreply@shop.example"}, "no_reply"),
+        ({"recipient": "support@example.com"}, "own_address"),
+        ({"headers": {"X-Maild-Loop": "maild"}}, "loop_header"),
+        ({"recent": RecentMail(5, 5)}, "rate_recipient"),
+    ],
+)
+def test_every_refusal_names_its_rule_for_the_metric(kwargs: dict[str, Any], code: str) -> None:
+    found = refused(**kwargs)
+    assert found is not None and found.code == code
+
+
 def test_bad_pattern_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"outbound\.no_reply_patterns"):
         parse_settings({"outbound": {"no_reply_patterns": ["(unclosed"]}}, "<test>")
+
+
+@pytest.mark.parametrize(
+    ("error", "dead"),
+    [
+        (SendError("550 5.1.1 no such user", permanent=True, code=550), True),
+        (SendError("552 5.2.2 mailbox full", permanent=True, code=552), True),
+        (SendError("550 unknown", permanent=True, code=550, recipient_refused=True), True),
+        # Our relay's policy or config, not the customer's address.
+        (SendError("554 5.7.1 relay access denied", permanent=True, code=554), False),
+        (SendError("550 rejected", permanent=True, code=550), False),
+        (SendError("450 4.2.1 try later", permanent=False, code=450), False),
+    ],
+)
+def test_only_a_refused_address_counts_as_a_dead_one(error: SendError, dead: bool) -> None:
+    assert error.dead_address is dead
 
 
 def test_backoff_doubles_up_to_the_cap() -> None:
@@ -113,7 +171,8 @@ def test_backoff_doubles_up_to_the_cap() -> None:
 
 def test_packaged_templates_check_clean_and_render_both_languages() -> None:
     templates = Templates(None)
-    assert templates.check(sample_context()) == []
+    # Every packaged template, whoever's, is checked in tests/test_templates.py.
+    assert [p for p in templates.check() if p.startswith("requester/")] == []
     assert ("requester/ticket_created", None) in templates.names()
     assert ("requester/ticket_created", "hu") in templates.names()
     english = templates.render("requester/ticket_created", sample_context())
@@ -130,7 +189,7 @@ def test_undefined_variable_is_an_error_not_a_blank(tmp_path: Path) -> None:
         "Hello {{ requester.name }},\n{{ ticket.colour }}\n"
     )
     templates = Templates(tmp_path)
-    problems = templates.check(sample_context())
+    problems = [p for p in templates.check() if p.startswith("requester/ticket_created")]
     assert problems == ["requester/ticket_created.txt.j2: 'dict object' has no attribute 'colour'"]
     with pytest.raises(UndefinedError):
         templates.render("requester/ticket_created", sample_context())
@@ -149,7 +208,7 @@ def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "agent").mkdir()
     (tmp_path / "agent" / "new_ticket.subject.j2").write_text("New ticket\n")
     (tmp_path / "agent" / "new_ticket.txt.j2").write_text("one\n{% if %}\n")
-    problems = Templates(tmp_path).check(sample_context())
+    problems = [p for p in Templates(tmp_path).check() if p.startswith("agent/new_ticket")]
     assert len(problems) == 1 and problems[0].startswith("agent/new_ticket.txt.j2:2: ")
 
 

@@ -81,6 +81,13 @@ class Ticket(Base):
     next_response_due_at: Mapped[datetime | None]
     resolution_due_at: Mapped[datetime | None]
     next_sla_check_at: Mapped[datetime | None] = mapped_column(index=True)
+    # SLA clock state (maild/sla/track.py): the policy and priority the due times were
+    # computed for, when the clock was paused, and the cycle each re-armed target is in.
+    sla_applied: Mapped[str | None] = mapped_column(String(64))
+    sla_priority: Mapped[str | None] = mapped_column(String(16))
+    sla_paused_at: Mapped[datetime | None]
+    sla_response_cycle: Mapped[int] = mapped_column(default=0, server_default="0")
+    sla_resolution_cycle: Mapped[int] = mapped_column(default=0, server_default="0")
 
     requester: Mapped[Contact] = relationship(lazy="joined")
     messages: Mapped[list[Message]] = relationship(
@@ -189,6 +196,22 @@ class ImapLease(Base):
     expires_at: Mapped[datetime]
 
 
+class ImapOAuthToken(Base):
+    """The newest refresh token of a mailbox using the OAuth2 refresh-token flow.
+
+    `seed_sha256` fingerprints the operator's refresh token (from the environment) this
+    one descends from: when the operator sets a new one, it wins over the stored chain.
+    """
+
+    __tablename__ = "imap_oauth_token"
+
+    mailbox: Mapped[str] = mapped_column(String(200), primary_key=True)
+    refresh_token: Mapped[str] = mapped_column(Text)
+    seed_sha256: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
 class Outbox(Base):
     """A mail to send, composed when queued: `raw` is exactly what goes over SMTP.
 
@@ -225,3 +248,37 @@ class Outbox(Base):
         # Rate limits count a recipient's recent automatic mails.
         Index("ix_outbox_recipient_created_at", "recipient", "created_at"),
     )
+
+
+class BouncingAddress(Base):
+    """An address that bounced our mail: it gets no automatic mail until `until`."""
+
+    __tablename__ = "bouncing_address"
+
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    until: Mapped[datetime]
+    # The DSN status (5.1.1) or the relay's reply, as recorded on the ticket.
+    reason: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+
+
+class SlaStage(Base):
+    """The SLA ledger: one row per escalation stage fired (or skipped after downtime).
+
+    The unique key is what makes a reminder go out once, even with several sweepers.
+    """
+
+    __tablename__ = "sla_stage"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("ticket.id"))
+    target: Mapped[str] = mapped_column(String(32))
+    cycle: Mapped[int]
+    stage: Mapped[str] = mapped_column(String(64))
+    occurrence: Mapped[int]
+    outcome: Mapped[str] = mapped_column(String(16))
+    due_at: Mapped[datetime]
+    fired_at: Mapped[datetime]
+    data: Mapped[dict[str, Any]]
+
+    __table_args__ = (UniqueConstraint("ticket_id", "target", "cycle", "stage", "occurrence"),)

@@ -90,6 +90,9 @@ def compose_reply(
         mail.add_alternative(rendered.html, subtype="html")
     return Composed(
         message_id=message_id,
+        # Not the null sender RFC 3834 suggests: a bounce must come back to us, to be
+        # matched to its outbox row and stop further mail to a dead address. A bounce
+        # is never answered, so this cannot loop.
         mail_from=sender,
         recipient=recipient[0],
         subject=subject,

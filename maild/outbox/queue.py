@@ -2,34 +2,45 @@
 
 Runs inside the transaction that stored the customer's mail (the caller's connection),
 so the acknowledgement exists exactly when the ticket change that caused it does.
+`enqueue` and `recent` are the building blocks for any other mail maild sends on its
+own (agent notifications, SLA reminders): compose, check `Guard.limit`, enqueue.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.utils import format_datetime
-from typing import Any
 
-from jinja2 import TemplateError
 from sqlalchemy import Connection, case, func, insert, select
 
 from maild.config import Settings
 from maild.logs import event
 from maild.numbering import Numbering
-from maild.outbox.compose import compose_reply, new_message_id, sending_address
-from maild.outbox.guard import Guard, RecentMail
-from maild.outbox.tables import MESSAGE, OUTBOX
+from maild.outbox.compose import Composed, compose_reply, new_message_id, sending_address
+from maild.outbox.context import mail_context, ticket_context
+from maild.outbox.guard import Guard, RecentMail, RefusalCode
+from maild.outbox.tables import BOUNCING, MESSAGE, OUTBOX
 from maild.pipeline.apply import EventRow, record_events
 from maild.rules import RouteDecision
-from maild.templating import TemplateMissing, Templates
+from maild.templating import TemplateError, TemplateMissing, Templates
 from maild.types import Direction, Envelope, MailClass, MessageKind, ParsedMail
 
 DEFAULT_ACKNOWLEDGEMENT = "requester/ticket_created"
+# Kinds of outbox rows that count against the rate limits: mail nobody wrote by hand.
+AUTOMATIC_KINDS = (MessageKind.AUTO_REPLY, MessageKind.SYSTEM)
 _OUTBOX = OUTBOX
 _MESSAGE = MESSAGE
 log = logging.getLogger("maild.outbox")
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """What `Acknowledger.queue` did: the outbox row, or the rule that suppressed it."""
+
+    outbox_id: int | None = None
+    suppressed: RefusalCode | None = None
 
 
 class Acknowledger:
@@ -54,15 +65,15 @@ class Acknowledger:
         requester: tuple[str, str],
         route: RouteDecision,
         now: datetime,
-    ) -> int | None:
-        """Queue the automatic reply the rules (or the default) ask for; the outbox row id,
-        or None when none is due or it was suppressed (recorded as an event)."""
+    ) -> Queued:
+        """Queue the automatic reply the rules (or the default) ask for: the outbox row,
+        or nothing when none is due, or the suppression (also recorded as an event)."""
         template = _template(route, created_ticket)
         if template is None or not self._settings.outbound.enabled:
-            return None
+            return Queued()
         recipient = requester[0] or (mail.from_.address if mail.from_ else "")
         refusal = self._guard.refusal(
-            mail, mail_class, envelope, recipient, _recent(conn, recipient, now)
+            mail, mail_class, envelope, recipient, recent(conn, recipient, ticket_id, now), now
         )
         if refusal is not None:
             record_events(
@@ -71,17 +82,32 @@ class Acknowledger:
                     EventRow(
                         ticket_id,
                         "auto_reply_suppressed",
-                        {"template": template, "recipient": recipient, "reason": refusal},
+                        {
+                            "template": template,
+                            "recipient": recipient,
+                            "rule": refusal.code,
+                            "reason": refusal.reason,
+                        },
                     )
                 ],
                 now,
             )
-            return None
+            event(log, "auto reply suppressed", ticket=number, rule=refusal.code)
+            return Queued(suppressed=refusal.code)
         sender = sending_address(self._settings, envelope)
         domain = self._settings.outbound.message_id_domain or sender.rpartition("@")[2]
-        context = _context(mail, number, self._numbering.tag(number), requester, sender)
+        context = {
+            **ticket_context(conn, ticket_id, self._numbering),
+            "message": mail_context(mail),
+            "support_address": sender,
+        }
+        # A follow-up has no requester of its own (""): the ticket's is the one answered.
+        if requester[0]:
+            context["requester"] = {"address": requester[0], "name": requester[1]}
         try:
-            rendered = self._templates.render(template, context, _language(mail))
+            # The customer's stated language, else the rule's, else the configured one.
+            chosen = route.auto_reply.language if route.auto_reply is not None else None
+            rendered = self._templates.render(template, context, _language(mail) or chosen)
         except (TemplateError, TemplateMissing) as exc:
             # A broken operator template must not cost the customer's mail its ticket:
             # the ticket says the acknowledgement was not sent, and why.
@@ -90,7 +116,7 @@ class Acknowledger:
             record_events(
                 conn, [EventRow(ticket_id, "auto_reply_failed", {"reason": problem})], now
             )
-            return None
+            return Queued()
         composed = compose_reply(
             rendered,
             subject=self._numbering.with_tag(rendered.subject, number),
@@ -102,50 +128,15 @@ class Acknowledger:
             instance_id=self._settings.outbound.instance_id,
             now=now,
         )
-        # Recorded on the ticket under its Message-ID: a reply carrying only In-Reply-To
-        # threads by rule 1.
-        message_row_id = conn.execute(
-            insert(_MESSAGE).returning(_MESSAGE.c.id),
-            {
-                "ticket_id": ticket_id,
-                "spool_id": None,
-                "direction": Direction.OUT,
-                "kind": MessageKind.AUTO_REPLY,
-                "mail_class": MailClass.AUTO_REPLY,
-                "message_id": composed.message_id,
-                "body_hash": hashlib.sha256(composed.raw).hexdigest(),
-                "in_reply_to": list(composed.in_reply_to),
-                "references": list(composed.references),
-                "from_address": sender,
-                "from_name": "",
-                "to": [recipient],
-                "cc": [],
-                "subject": composed.subject,
-                "date": now,
-                "text": composed.text,
-                "text_stripped": composed.text,
-                "html": composed.html,
-                "created_at": now,
-            },
-        ).scalar_one()
-        outbox_id: int = conn.execute(
-            insert(_OUTBOX).returning(_OUTBOX.c.id),
-            {
-                "ticket_id": ticket_id,
-                "message_row_id": message_row_id,
-                "kind": MessageKind.AUTO_REPLY,
-                "template": template,
-                "mail_from": sender,
-                "recipient": recipient,
-                "message_id": composed.message_id,
-                "raw": composed.raw,
-                "state": "pending",
-                "attempts": 0,
-                "created_at": now,
-                "next_attempt_at": now,
-                "expires_at": now + timedelta(seconds=self._settings.outbound.max_age),
-            },
-        ).scalar_one()
+        outbox_id = enqueue(
+            conn,
+            composed,
+            ticket_id=ticket_id,
+            kind=MessageKind.AUTO_REPLY,
+            template=template,
+            max_age=self._settings.outbound.max_age,
+            now=now,
+        )
         record_events(
             conn,
             [
@@ -163,7 +154,68 @@ class Acknowledger:
             ],
             now,
         )
-        return outbox_id
+        return Queued(outbox_id=outbox_id)
+
+
+def enqueue(
+    conn: Connection,
+    composed: Composed,
+    *,
+    ticket_id: int | None,
+    kind: MessageKind,
+    template: str | None,
+    max_age: float,
+    now: datetime,
+) -> int:
+    """Record `composed` on its ticket (a message row under its Message-ID, so a reply
+    carrying only In-Reply-To threads by rule 1) and queue it; the outbox row id.
+    Writes in the caller's transaction: the mail exists exactly when its cause does."""
+    message_row_id = None
+    if ticket_id is not None:
+        automatic = kind in AUTOMATIC_KINDS
+        message_row_id = conn.execute(
+            insert(_MESSAGE).returning(_MESSAGE.c.id),
+            {
+                "ticket_id": ticket_id,
+                "spool_id": None,
+                "direction": Direction.OUT,
+                "kind": kind,
+                "mail_class": MailClass.AUTO_REPLY if automatic else MailClass.HUMAN,
+                "message_id": composed.message_id,
+                "body_hash": hashlib.sha256(composed.raw).hexdigest(),
+                "in_reply_to": list(composed.in_reply_to),
+                "references": list(composed.references),
+                "from_address": composed.mail_from,
+                "from_name": "",
+                "to": [composed.recipient],
+                "cc": [],
+                "subject": composed.subject,
+                "date": now,
+                "text": composed.text,
+                "text_stripped": composed.text,
+                "html": composed.html,
+                "created_at": now,
+            },
+        ).scalar_one()
+    outbox_id: int = conn.execute(
+        insert(_OUTBOX).returning(_OUTBOX.c.id),
+        {
+            "ticket_id": ticket_id,
+            "message_row_id": message_row_id,
+            "kind": kind,
+            "template": template,
+            "mail_from": composed.mail_from,
+            "recipient": composed.recipient,
+            "message_id": composed.message_id,
+            "raw": composed.raw,
+            "state": "pending",
+            "attempts": 0,
+            "created_at": now,
+            "next_attempt_at": now,
+            "expires_at": now + timedelta(seconds=max_age),
+        },
+    ).scalar_one()
+    return outbox_id
 
 
 def _template(route: RouteDecision, created_ticket: bool) -> str | None:
@@ -180,7 +232,9 @@ def _language(mail: ParsedMail) -> str | None:
     return primary if primary.isalpha() and 2 <= len(primary) <= 3 else None
 
 
-def _recent(conn: Connection, recipient: str, now: datetime) -> RecentMail:
+def recent(conn: Connection, recipient: str, ticket_id: int | None, now: datetime) -> RecentMail:
+    """Automatic mail already queued to `recipient` and on the ticket, and whether the
+    recipient is bouncing: what `Guard` needs to decide."""
     hour_ago, day_ago = now - timedelta(hours=1), now - timedelta(days=1)
     row = conn.execute(
         select(
@@ -188,25 +242,25 @@ def _recent(conn: Connection, recipient: str, now: datetime) -> RecentMail:
             func.count(),
         ).where(
             _OUTBOX.c.recipient == recipient,
-            _OUTBOX.c.kind == MessageKind.AUTO_REPLY,
+            _OUTBOX.c.kind.in_(AUTOMATIC_KINDS),
             _OUTBOX.c.created_at > day_ago,
         )
     ).one()
-    return RecentMail(last_hour=int(row[0]), last_day=int(row[1]))
-
-
-def _context(
-    mail: ParsedMail, number: str, tag: str, requester: tuple[str, str], sender: str
-) -> dict[str, Any]:
-    """The variables documented in templates/README.md."""
-    return {
-        "ticket": {"number": number, "tag": tag, "subject": mail.subject or "(no subject)"},
-        "requester": {"address": requester[0], "name": requester[1]},
-        "message": {
-            "subject": mail.subject,
-            "text": mail.text,
-            "message_id": mail.message_id,
-            "date": format_datetime(mail.date) if mail.date else "",
-        },
-        "support_address": sender,
-    }
+    on_ticket = 0
+    if ticket_id is not None:
+        # Only replies to the outside: notices to agents on a busy ticket must not use up
+        # the customer's acknowledgements.
+        on_ticket = conn.execute(
+            select(func.count()).where(
+                _OUTBOX.c.ticket_id == ticket_id,
+                _OUTBOX.c.kind == MessageKind.AUTO_REPLY,
+                _OUTBOX.c.created_at > day_ago,
+            )
+        ).scalar_one()
+    until = conn.scalar(select(BOUNCING.c.until).where(BOUNCING.c.address == recipient.lower()))
+    return RecentMail(
+        last_hour=int(row[0]),
+        last_day=int(row[1]),
+        ticket_last_day=int(on_ticket),
+        bouncing_until=until,
+    )

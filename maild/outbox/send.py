@@ -10,10 +10,11 @@ at least once, never lost.
 from __future__ import annotations
 
 import logging
+import re
 import smtplib
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,6 +27,7 @@ from maild.config import OutboundSettings
 from maild.db.session import Database
 from maild.errors import TemporaryFailure
 from maild.logs import event
+from maild.outbox.bounce import mark_bouncing
 from maild.outbox.tables import OUTBOX
 from maild.pipeline.apply import EventRow, record_events
 
@@ -34,13 +36,36 @@ log = logging.getLogger("maild.outbox")
 Result = Literal["sent", "retry", "failed"]
 
 
+# Enhanced status codes (RFC 3463) that condemn the address, not the mail or our relay:
+# 5.1.x bad address, 5.2.x mailbox disabled or full for good.
+_DEAD_ADDRESS = re.compile(r"\b5\.[12]\.\d{1,3}\b")
+
+
 class SendError(Exception):
     """A delivery attempt failed; `permanent` for 5xx replies, else worth retrying."""
 
-    def __init__(self, text: str, *, permanent: bool, code: int | None = None) -> None:
+    def __init__(
+        self,
+        text: str,
+        *,
+        permanent: bool,
+        code: int | None = None,
+        recipient_refused: bool = False,
+    ) -> None:
         super().__init__(text)
         self.permanent = permanent
         self.code = code
+        self.recipient_refused = recipient_refused
+
+    @property
+    def dead_address(self) -> bool:
+        """The relay says the address itself is bad (not our relay's policy or config,
+        which would otherwise mark every customer as bouncing)."""
+        if not self.permanent:
+            return False
+        if _DEAD_ADDRESS.search(str(self)):
+            return True
+        return self.recipient_refused and self.code in (550, 551, 553)
 
 
 class Deliver(Protocol):
@@ -60,9 +85,10 @@ class SmtpTransport:
     @contextmanager
     def session(self) -> Iterator[Deliver]:
         s = self._settings
+        client: smtplib.SMTP | None = None
         try:
             if s.tls == "implicit":
-                client: smtplib.SMTP = smtplib.SMTP_SSL(
+                client = smtplib.SMTP_SSL(
                     s.host, s.port, timeout=s.timeout, context=self._context()
                 )
             else:
@@ -71,11 +97,14 @@ class SmtpTransport:
                 client.starttls(context=self._context())
             if s.username and s.password is not None:
                 client.login(s.username, s.password.get_secret_value())
-        except smtplib.SMTPResponseException as exc:
-            # A refused greeting or login is the relay's (or our config's) state, not the
-            # mail's: retry until the operator fixes it or the mail expires.
-            raise SendError(f"{exc.smtp_code} {_text(exc.smtp_error)}", permanent=False) from exc
         except (OSError, smtplib.SMTPException) as exc:
+            if client is not None:
+                client.close()
+            if isinstance(exc, smtplib.SMTPResponseException):
+                # A refused greeting or login is the relay's (or our config's) state, not
+                # the mail's: retry until the operator fixes it or the mail expires.
+                text = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+                raise SendError(text, permanent=False) from exc
             raise SendError(f"cannot connect to {s.host}:{s.port}: {exc}", permanent=False) from exc
         try:
             yield lambda mail_from, recipient, raw: _send_one(client, mail_from, recipient, raw)
@@ -91,7 +120,9 @@ def _send_one(client: smtplib.SMTP, mail_from: str, recipient: str, raw: bytes) 
         client.sendmail(mail_from, [recipient], raw)
     except smtplib.SMTPRecipientsRefused as exc:
         code, text = exc.recipients.get(recipient, (450, b"refused"))
-        raise SendError(f"{code} {_text(text)}", permanent=code >= 500, code=code) from exc
+        raise SendError(
+            f"{code} {_text(text)}", permanent=code >= 500, code=code, recipient_refused=True
+        ) from exc
     except smtplib.SMTPResponseException as exc:
         code = exc.smtp_code
         raise SendError(
@@ -137,16 +168,18 @@ class Sender:
         settings: OutboundSettings,
         clock: Clock,
         transport: SmtpTransport | None = None,
+        on_result: Callable[[Result], None] | None = None,
     ) -> None:
         self._db = db
         self._settings = settings
         self._clock = clock
         self._transport = transport or SmtpTransport(settings)
+        self._on_result = on_result
 
     def send_due(self) -> list[Attempt]:
         """Claim up to one batch of due rows and try each once."""
         with self._db.transaction() as session:
-            rows = _claim(session.connection(), self._clock.now(), self._settings, self._db)
+            rows = claim(session.connection(), self._clock.now(), self._settings, self._db)
         if not rows:
             return []
         attempts: list[Attempt] = []
@@ -204,7 +237,13 @@ class Sender:
         with self._db.transaction() as session:
             conn = session.connection()
             conn.execute(update(_OUTBOX).where(_OUTBOX.c.id == row.id).values(**values))
+            if error is not None and error.dead_address:
+                # The relay refused the recipient outright: as good as a bounce.
+                until = now + timedelta(seconds=self._settings.bounce_suppress)
+                mark_bouncing(conn, row.recipient, str(error), until, now)
             record_events(conn, events, now)
+        if self._on_result is not None:
+            self._on_result(result)
         event(
             log,
             "outbound mail",
@@ -258,7 +297,10 @@ def backoff(attempts: int, settings: OutboundSettings) -> timedelta:
     return timedelta(seconds=min(seconds, settings.retry_max))
 
 
-def _claim(conn: Connection, now: datetime, settings: OutboundSettings, db: Database) -> list[Due]:
+def claim(conn: Connection, now: datetime, settings: OutboundSettings, db: Database) -> list[Due]:
+    """Take up to a batch of due rows in the caller's transaction: each is moved
+    `claim_seconds` ahead and its attempt counted. On PostgreSQL the rows stay locked
+    until that transaction ends, and other instances skip them (SKIP LOCKED)."""
     query = (
         select(
             _OUTBOX.c.id,

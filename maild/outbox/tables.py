@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Table
 
 from maild.db.base import Base
-from maild.db.models import Message, Outbox
+from maild.db.models import BouncingAddress, Message, Outbox
 
 
 def _table(model: type[Base]) -> Table:
@@ -16,3 +16,4 @@ def _table(model: type[Base]) -> Table:
 
 OUTBOX = _table(Outbox)
 MESSAGE = _table(Message)
+BOUNCING = _table(BouncingAddress)

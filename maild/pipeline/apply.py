@@ -59,7 +59,9 @@ class EventRow:
     data: dict[str, Any]
 
 
-def record_events(conn: Connection, events: list[EventRow], now: datetime) -> None:
+def record_events(
+    conn: Connection, events: list[EventRow], now: datetime, actor: str = SYSTEM_ACTOR
+) -> None:
     if events:
         conn.execute(
             _INSERT_EVENT,
@@ -68,7 +70,7 @@ def record_events(conn: Connection, events: list[EventRow], now: datetime) -> No
                     "ticket_id": e.ticket_id,
                     "at": now,
                     "kind": e.kind,
-                    "actor": SYSTEM_ACTOR,
+                    "actor": actor,
                     "data": e.data,
                 }
                 for e in events
@@ -112,6 +114,8 @@ def apply(
             events += _stranger_events(
                 conn, ticket_id, number, decision.claimed_ticket_id, requester[0]
             )
+        if decision.reason is ThreadReason.FOLLOW_UP and decision.claimed_ticket_id:
+            events += _follow_up_events(conn, ticket_id, number, decision.claimed_ticket_id)
     else:
         ticket_id = decision.ticket_id
         current = conn.execute(
@@ -238,6 +242,14 @@ def _stranger_events(
             {"sender": sender, "claimed_ticket": claimed_number, "outcome": "new ticket"},
         ),
         EventRow(claimed_id, "stranger_tag_refused", {"sender": sender, "new_ticket": number}),
+    ]
+
+
+def _follow_up_events(conn: Connection, ticket_id: int, number: str, old_id: int) -> list[EventRow]:
+    old_number = conn.scalar(select(Ticket.number).where(Ticket.id == old_id))
+    return [
+        EventRow(ticket_id, "follow_up_of", {"ticket": old_number}),
+        EventRow(old_id, "followed_up_by", {"ticket": number}),
     ]
 
 

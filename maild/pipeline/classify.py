@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from maild.outbox.dsn import looks_like_bounce
 from maild.types import Envelope, MailClass, ParsedMail
 
 _AUTO_SUPPRESS_VALUES = {"all", "oof"}
@@ -23,13 +24,21 @@ def _is_bounce(mail: ParsedMail, envelope: Envelope) -> bool:
     content_type = (mail.header("content-type") or "").lower()
     if "multipart/report" in content_type and "delivery-status" in content_type:
         return True
-    if envelope.mail_from == "":
+    if looks_like_bounce(mail):
         return True
     # A file import has no envelope; the Return-Path the final MTA wrote stands in for it.
-    return envelope.mail_from is None and (mail.header("return-path") or "").strip() == "<>"
+    null_sender = envelope.mail_from == "" or (
+        envelope.mail_from is None and (mail.header("return-path") or "").strip() == "<>"
+    )
+    # RFC 3834 asks auto-responders to send from the null sender too: an out-of-office
+    # from <> is an auto-reply, not a bounce.
+    return null_sender and not _is_auto_reply(mail)
 
 
 def _is_auto_reply(mail: ParsedMail) -> bool:
+    # Abuse feedback (ARF) and read receipts (MDN) are machine reports like DSNs.
+    if "multipart/report" in (mail.header("content-type") or "").lower():
+        return True
     auto_submitted = (mail.header("auto-submitted") or "").strip().lower()
     if auto_submitted and not auto_submitted.startswith("no"):
         return True

@@ -21,6 +21,7 @@ from mailparser.dates import parse_mail_date
 from mailparser.utils import get_addresses
 
 from maild.errors import Quarantine
+from maild.pipeline.limits import DEFAULT_LIMITS, MailLimits
 from maild.pipeline.text import (
     codec_name,
     decode_text,
@@ -116,7 +117,12 @@ _ENCODED_WORD: Final = re.compile(r"=\?([^?\s]+)\?([qQbB])\?([^?\s]*)\?=")
 _MSG_ID: Final = re.compile(r"<([^<>]*)>")
 _WHITESPACE: Final = re.compile(r"\s+")
 _B64_JUNK: Final = re.compile(rb"[^A-Za-z0-9+/]")
-_UNSAFE_FILENAME: Final = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls, and the direction marks that make "gpj.exe" show as "exe.jpg".
+_UNSAFE_FILENAME: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Names Windows opens as a device, whatever the extension, should an agent save the file.
+_RESERVED_FILENAMES: Final = frozenset(
+    {"con", "prn", "aux", "nul"} | {f"{port}{n}" for port in ("com", "lpt") for n in range(1, 10)}
+)
 # One mailbox, ASCII, nothing ambiguous: 'Name <a@b.c>', '"Name" <a@b.c>', 'a@b.c'.
 _SIMPLE_MAILBOX: Final = re.compile(
     r"""[ \t]*(?:"([^"\\\r\n]*)"|([A-Za-z0-9 .'_-]*?))[ \t]*"""
@@ -126,21 +132,25 @@ _SIMPLE_MAILBOX: Final = re.compile(
 _LOOSE_ADDRESS: Final = re.compile(r"[^\s<>(),;:\"'@\[\]]+@[^\s<>(),;:\"'@\[\]]+\.[A-Za-z]{2,}")
 
 
-def parse(raw: bytes) -> ParsedMail:
+def parse(raw: bytes, limits: MailLimits = DEFAULT_LIMITS) -> ParsedMail:
     """Parse one raw mail.
 
-    Raises Quarantine(step="parse") for input that is not a mail (empty, no headers) or
-    that cannot be taken apart (MIME nested too deep). Everything else becomes a
-    ParsedMail; what had to be repaired is listed in its `defects`.
+    Raises Quarantine(step="parse") for input that is not a mail (empty, no headers),
+    that cannot be taken apart (MIME nested too deep) or that is past one of `limits`.
+    Everything else becomes a ParsedMail; what had to be repaired is listed in its
+    `defects`.
     """
     if not raw.strip():
         raise Quarantine(STEP, "empty input")
+    limits.check_raw(raw)
     defects: list[str] = []
     message = _message(raw)
     if not any(name.lower() in _MAIL_HEADERS for name in message):
         raise Quarantine(STEP, "no mail headers: not a mail")
+    limits.check_message(message)
 
     body = _walk(message, defects)
+    limits.check_attachments(body.attachments)
     charset = _header_charset(message, body.charset, defects)
     headers, wanted, raw_first = _read_headers(message, charset, defects)
     body_hash = _body_hash(raw, _split_head(raw)[1])
@@ -487,7 +497,7 @@ def _message_id(
 ) -> tuple[str, bool]:
     value = _first(wanted, "message-id")
     match = _MSG_ID.search(value)
-    candidate = "".join(match.group(1).split()) if match else "".join(value.split())
+    candidate = _clean("".join(match.group(1).split()) if match else "".join(value.split()))
     if match is None and candidate:
         defects.append("message-id: no angle brackets")
     if candidate and len(candidate) <= MAX_ID_LENGTH and "<" not in candidate:
@@ -506,7 +516,7 @@ def _ids(values: Iterable[str], name: str, defects: list[str]) -> tuple[str, ...
     found: dict[str, None] = {}
     for value in values:
         for match in _MSG_ID.finditer(value):
-            inner = "".join(match.group(1).split())
+            inner = _clean("".join(match.group(1).split()))
             if inner and len(inner) <= MAX_ID_LENGTH:
                 found[f"<{inner}>"] = None
     ids = tuple(found)
@@ -777,16 +787,23 @@ def _filename(part: Message, defects: list[str]) -> str | None:
         else:
             name = decode_header_value(str(value))
         safe = _safe_filename(name)
+        if safe != name:
+            defects.append("filename: made safe" if safe else "filename: unusable, replaced")
         if safe:
             return safe
     return None
 
 
 def _safe_filename(name: str) -> str | None:
-    """The last path component, without control characters, at most 255 characters."""
-    name = _UNSAFE_FILENAME.sub("", name.replace("\\", "/").rsplit("/", 1)[-1]).strip()
-    if name in ("", ".", ".."):
+    """A display name, never a path: the last path component, without control characters
+    or trailing dots, a device name prefixed with '_', at most 255 characters. None if
+    nothing is left."""
+    name = _UNSAFE_FILENAME.sub("", name.replace("\\", "/").rsplit("/", 1)[-1])
+    name = name.strip().rstrip(". ")
+    if not name:
         return None
+    if name.split(".", 1)[0].rstrip().lower() in _RESERVED_FILENAMES:
+        name = "_" + name
     if len(name) > 255:
         stem, dot, extension = name.rpartition(".")
         if dot and 0 < len(extension) <= 16:

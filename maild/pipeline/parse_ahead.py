@@ -16,17 +16,21 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Generic, TypeVar
 
+from maild.pipeline.limits import DEFAULT_LIMITS, MailLimits
 from maild.pipeline.process import Parsed, parse_or_error
 
 Key = TypeVar("Key")
 
 
-def _parse_batch(raws: list[bytes]) -> list[Parsed]:
-    return [parse_or_error(raw) for raw in raws]
+def _parse_batch(raws: list[bytes], limits: MailLimits) -> list[Parsed]:
+    return [parse_or_error(raw, limits) for raw in raws]
 
 
 class ParseAhead(Generic[Key]):
-    def __init__(self, workers: int | None = None, window: int = 4) -> None:
+    def __init__(
+        self, workers: int | None = None, window: int = 4, limits: MailLimits = DEFAULT_LIMITS
+    ) -> None:
+        self._limits = limits
         # One core stays with the caller, whose database work is the other half of the job.
         self._workers = workers or max((os.cpu_count() or 2) - 1, 1)
         self._window = window
@@ -39,7 +43,7 @@ class ParseAhead(Generic[Key]):
             return
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=self._workers)
-        self._pending.append((keys, self._pool.submit(_parse_batch, raws)))
+        self._pending.append((keys, self._pool.submit(_parse_batch, raws, self._limits)))
         while len(self._pending) > self._window:
             yield from self._take()
 

@@ -16,6 +16,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from maild import spool
+from maild.agents.desk import AgentDesk
 from maild.clock import Clock
 from maild.config import Settings
 from maild.db import queries
@@ -27,9 +28,11 @@ from maild.outbox.bounce import record_bounce
 from maild.outbox.queue import Acknowledger
 from maild.pipeline.apply import apply
 from maild.pipeline.classify import classify
+from maild.pipeline.limits import DEFAULT_LIMITS, MailLimits
 from maild.pipeline.parse import parse
 from maild.pipeline.thread import thread
 from maild.rules import RuleSet, choose_agent
+from maild.sla.track import SlaTracker
 from maild.types import Envelope, MailClass, ParsedMail, SpoolState
 
 log = logging.getLogger("maild.process")
@@ -45,6 +48,8 @@ class Outcome:
     ticket_number: str | None = None
     step: str | None = None
     reason: str | None = None
+    # outbox (issue 6): the loop/abuse rule that kept an automatic reply back (a metric).
+    auto_reply_suppressed: str | None = None
 
 
 Parsed = ParsedMail | Exception
@@ -60,10 +65,10 @@ def _summary(mail: Parsed | None, raw: bytes | None) -> spool.Summary:
     return spool.summarise(raw) if raw is not None else spool.Summary(None, None, None)
 
 
-def parse_or_error(raw: bytes) -> Parsed:
+def parse_or_error(raw: bytes, limits: MailLimits = DEFAULT_LIMITS) -> Parsed:
     """Parse, keeping a failure as a value so it is recorded in the claiming transaction."""
     try:
-        return parse(raw)
+        return parse(raw, limits)
     except Exception as exc:  # the orchestrator's catch-all, deferred to _run
         return exc
 
@@ -79,14 +84,22 @@ class Processor:
     takes effect from the next mail on."""
 
     def __init__(
-        self, db: Database, settings: Settings, clock: Clock, rules: Callable[[], RuleSet]
+        self,
+        db: Database,
+        settings: Settings,
+        clock: Clock,
+        rules: Callable[[], RuleSet],
+        sla: SlaTracker | None = None,
     ) -> None:
+        self._sla = sla
         self._db = db
         self._settings = settings
         self._clock = clock
         self._rules = rules
+        self._limits = MailLimits.of(settings.mail)
         self._numbering = Numbering(settings.tickets)
         self._acknowledger = Acknowledger(settings, self._numbering)
+        self._agents = AgentDesk(settings, self._numbering)
 
     def process(self, spool_id: int, parsed: Parsed | None = None) -> Outcome | None:
         """Process one mail by id; None if it is not pending (done already, or taken).
@@ -120,7 +133,7 @@ class Processor:
             peeked = spool.peek(self._db, spool_id=spool_id, after_id=after_id)
             if peeked is None:
                 return None
-            spool_id, parsed = peeked.id, parse_or_error(peeked.raw)
+            spool_id, parsed = peeked.id, parse_or_error(peeked.raw, self._limits)
 
         claimed: int | None = None
         mail: Parsed | None = parsed
@@ -139,7 +152,7 @@ class Processor:
                         return None
                     claimed = entry.id
                     if mail is None:
-                        mail = parse_or_error(entry.raw or b"")
+                        mail = parse_or_error(entry.raw or b"", self._limits)
                     outcome = self._pipeline(conn, entry, mail, step)
                     self._finish(conn, entry.id, outcome, _summary(mail, entry.raw))
                 return outcome
@@ -223,13 +236,38 @@ class Processor:
 
         step.name = "thread"
         decision = thread(mail, queries.SqlThreadIndex(conn), self._numbering)
+        if mail_class is MailClass.BOUNCE:
+            # outbox (issue 6): a bounce of one of our mails is noted on its ticket (even
+            # when its subject carries the tag), in this transaction (an Ignore would
+            # roll the note back), and never makes or changes a ticket.
+            bounced = record_bounce(
+                conn, entry.id, self._clock.now(), self._settings.outbound.bounce_suppress
+            )
+            if bounced is not None:
+                return Outcome(entry.id, SpoolState.IGNORED, step="classify", reason=bounced)
+        # agents (issue 7): an agent's own, verified mail about a ticket is acted on here;
+        # from an agent's address but unverified, it is noted and handled as a customer's.
+        step.name = "identify"
+        rules = self._rules()
+        agent_mail = self._agents.identify(
+            conn, mail, mail_class, envelope, decision, rules.directory
+        )
+        if agent_mail is not None and agent_mail.verdict.verified:
+            step.name = "agent"
+            self._agents.handle(
+                conn, agent_mail, mail, envelope, entry.id, rules.directory, self._clock.now()
+            )
+            # sla (issue 8): a reply to the customer meets response targets; commands
+            # may pause, resolve or re-prioritise.
+            if self._sla is not None:
+                step.name = "sla"
+                self._sla.after_agent_mail(conn, agent_mail.ticket_id, entry.id, self._clock.now())
+            return Outcome(entry.id, SpoolState.DONE, ticket_number=agent_mail.number)
+        if agent_mail is not None:
+            self._agents.refuse(conn, agent_mail, mail, self._clock.now())
+        decision = self._agents.follow_up(conn, decision, mail_class, self._clock.now())
+
         if decision.ticket_id is None:
-            if mail_class is MailClass.BOUNCE:
-                # outbox (issue 6): a bounce of one of our mails is noted on its ticket,
-                # in this transaction (an Ignore would roll the note back).
-                bounced = record_bounce(conn, entry.id, self._clock.now())
-                if bounced is not None:
-                    return Outcome(entry.id, SpoolState.IGNORED, step="classify", reason=bounced)
             if mail_class in (MailClass.AUTO_REPLY, MailClass.BOUNCE):
                 raise Ignore("classify", f"{mail_class.value} that belongs to no ticket")
             requester = self._requester(mail, envelope)
@@ -237,7 +275,6 @@ class Processor:
             requester = ("", "")
 
         step.name = "route"
-        rules = self._rules()
         sender = mail.from_.address if mail.from_ else None
         route = rules.route(
             mail,
@@ -271,7 +308,7 @@ class Processor:
         )
         # outbox (issue 6): the acknowledgement is queued in this same transaction.
         step.name = "outbox"
-        self._acknowledger.queue(
+        queued = self._acknowledger.queue(
             conn,
             ticket_id=applied.ticket_id,
             number=applied.ticket_number,
@@ -283,7 +320,33 @@ class Processor:
             route=route,
             now=self._clock.now(),
         )
-        return Outcome(entry.id, SpoolState.DONE, ticket_number=applied.ticket_number)
+        # agents (issue 7): the assignee (or, for a new ticket, the team) hears of it.
+        self._agents.notify(
+            conn,
+            ticket_id=applied.ticket_id,
+            created_ticket=applied.created_ticket,
+            mail=mail,
+            mail_class=mail_class,
+            envelope=envelope,
+            spool_id=entry.id,
+            directory=rules.directory,
+            now=self._clock.now(),
+        )
+        # sla (issue 8): due times start with the ticket and move with each customer mail.
+        if self._sla is not None:
+            step.name = "sla"
+            if applied.created_ticket:
+                self._sla.on_ticket_created(conn, applied.ticket_id, self._clock.now())
+            elif mail_class is MailClass.HUMAN:
+                self._sla.on_customer_reply(conn, applied.ticket_id, self._clock.now())
+            else:
+                self._sla.on_ticket_change(conn, applied.ticket_id, self._clock.now())
+        return Outcome(
+            entry.id,
+            SpoolState.DONE,
+            ticket_number=applied.ticket_number,
+            auto_reply_suppressed=queued.suppressed,
+        )
 
     def _came_in_on(self, envelope: Envelope) -> str | None:
         """The support address the mail was delivered to, when the transport says so."""

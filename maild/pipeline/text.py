@@ -391,9 +391,9 @@ def _map_back(body: str, probe: list[str], origin: list[int], lines: list[str]) 
     return kept
 
 
-def _reply_body(reply: Any) -> tuple[str, bool]:
-    """The text of a reply without its header, disclaimers and signature; and whether a
-    signature was cut.
+def _reply_body(reply: Any, keep_signature: bool = False) -> tuple[str, bool]:
+    """The text of a reply without its header, disclaimers and signature (unless kept);
+    and whether a signature was cut.
 
     The library takes the first line that starts with a sign-off word ("Thanks,",
     "Grüße", "Best,") as the start of the signature and drops everything after it, so
@@ -401,9 +401,11 @@ def _reply_body(reply: Any) -> tuple[str, bool]:
     signature starts only at a match whose first line is short, as a sign-off is.
     """
     signature: str = reply.signatures
+    content: str = reply.content
+    if keep_signature:
+        return _without_boilerplate(reply, content), False
     if not signature or _is_sign_off(signature):
         return reply.body, bool(signature)
-    content: str = reply.content
     # Look again below the first line of what the library took for a signature.
     position = _next_line(content, content.find(signature))
     regex = _REPLY_REGEXES["_signature_regex"]
@@ -417,11 +419,16 @@ def _reply_body(reply: Any) -> tuple[str, bool]:
             content, signed = content[:start], True
             break
         position = _next_line(content, start)
+    return _without_boilerplate(reply, content), signed
+
+
+def _without_boilerplate(reply: Any, content: str) -> str:
+    """`content` without the reply's disclaimers and its quoted header."""
     for disclaimer in reply.disclaimers:
         content = content.replace(disclaimer, "")
     if reply.headers:
         content = content.replace(reply.headers, "")
-    return content.strip(), signed
+    return content.strip()
 
 
 def _next_line(text: str, position: int) -> int:
@@ -482,8 +489,9 @@ def _without_trailing_quote(text: str) -> str:
     return text[:cut] if cut >= 0 else text
 
 
-def strip_reply(text: str) -> str:
-    """The newest part of a mail body: quoted history and signature removed.
+def strip_reply(text: str, keep_signature: bool = False) -> str:
+    """The newest part of a mail body: quoted history and signature removed (the
+    signature stays with `keep_signature`: an agent's reply relayed to a customer).
 
     Recognises reply headers and sign-offs in English, German, French and Hungarian.
     Never returns an empty string for a non-empty text: if nothing would be left, the
@@ -505,7 +513,7 @@ def strip_reply(text: str) -> str:
             **_REPLY_REGEXES,
         ).read()
         first = message.replies[0]
-        body, signed = _reply_body(first)
+        body, signed = _reply_body(first, keep_signature)
         candidate = "\n".join(_map_back(body, probe, origin, lines))
         if tail and first is message.replies[-1] and not signed:
             # Nothing ended the newest part inside the head: the rest belongs to it.

@@ -30,13 +30,17 @@ class ThreadReason(enum.StrEnum):
     TAG = "tag"
     NEW = "new"
     STRANGER_TAG = "stranger_tag"
+    # agents (issue 7): a customer writing to a closed ticket (or one resolved too long
+    # ago) opens a new ticket linked to it.
+    FOLLOW_UP = "follow_up"
 
 
 @dataclass(frozen=True, slots=True)
 class ThreadDecision:
     ticket_id: int | None  # None: open a new ticket
     reason: ThreadReason
-    # For STRANGER_TAG: the ticket whose tag a non-participant used.
+    # For STRANGER_TAG: the ticket whose tag a non-participant used; for FOLLOW_UP: the
+    # old ticket.
     claimed_ticket_id: int | None = None
 
 

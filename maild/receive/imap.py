@@ -11,8 +11,10 @@ the mail next time; the pipeline's Message-ID + body-hash dedupe keeps it to one
 The checkpoint is UIDVALIDITY + last UID per (mailbox, folder). When UIDVALIDITY changes
 the old UIDs mean nothing, so the folder is rescanned from UID 1 (dedupe again).
 
-Authentication is LOGIN with a password, or XOAUTH2 with an access token printed by the
-configured `token_command` at every connect.
+Authentication is LOGIN with a password, or XOAUTH2 with an access token from
+imap_oauth (a command, or the refresh-token flow). When the token's expiry is known the
+poller reconnects with a fresh one before it runs out, rather than waiting for the server
+to drop the session; a refresh token that expires within a week is warned about daily.
 
 With several instances on one PostgreSQL database a mailbox is served by whoever holds
 its lease row; the holder renews it while polling and releases it on a clean stop, and a
@@ -23,10 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import re
 import socket
 import ssl
-import subprocess
 import threading
 import time
 import uuid
@@ -50,6 +53,7 @@ from maild.db.session import Database
 from maild.errors import ConfigError, TemporaryFailure
 from maild.health import Metrics
 from maild.logs import event
+from maild.receive.imap_oauth import AccessToken, TokenError, TokenSource, token_source
 from maild.types import Envelope
 
 log = logging.getLogger("maild.imap")
@@ -61,6 +65,11 @@ SEEN = b"\\Seen"
 DELETED = b"\\Deleted"
 # How often a blocked IDLE wait looks at the stop flag (seconds): bounds shutdown time.
 _IDLE_TICK = 0.5
+# Reconnect this long before the access token expires (servers may end the session then).
+_TOKEN_MARGIN = 60.0
+# Warn about a refresh token this close to expiry, at most once per _WARN_EVERY.
+_REFRESH_WARNING = timedelta(days=7)
+_WARN_EVERY = timedelta(days=1)
 
 
 # --- status -------------------------------------------------------------------------------
@@ -74,13 +83,17 @@ class MailboxStatus:
     last_fetch: datetime | None = None
     errors: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
+    # The refresh-token flow only: when the refresh token stops working.
+    oauth_refresh_expires_at: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        expires = self.oauth_refresh_expires_at
         return {
             "state": self.state,
             "last_fetch": self.last_fetch.isoformat() if self.last_fetch else None,
             "errors": dict(self.errors),
             "last_error": self.last_error,
+            "oauth_refresh_expires_at": expires.isoformat() if expires else None,
         }
 
 
@@ -89,13 +102,19 @@ class _ImapMetrics:
         self.received = metrics.received
         self.errors = Counter(
             "maild_imap_errors",
-            "IMAP poller errors, by mailbox and kind (auth, tls, connect, protocol, database)",
+            "IMAP poller errors, by mailbox and kind (auth, token, tls, connect, protocol, ...)",
             ["mailbox", "kind"],
             registry=metrics.registry,
         )
         self.last_fetch = Gauge(
             "maild_imap_last_fetch_timestamp_seconds",
             "Unix time of the last successful pass over a mailbox",
+            ["mailbox"],
+            registry=metrics.registry,
+        )
+        self.refresh_days = Gauge(
+            "maild_imap_oauth_refresh_token_days_left",
+            "Days until the mailbox's OAuth2 refresh token expires (refresh-token flow)",
             ["mailbox"],
             registry=metrics.registry,
         )
@@ -194,6 +213,16 @@ class Lease:
                 select(ImapLease.holder).where(ImapLease.mailbox == self._mailbox)
             )
 
+    def held(self) -> bool:
+        """True if this holder's lease is in force: a read, cheaper than renewing it."""
+        with self._db.transaction() as session:
+            row = session.get(ImapLease, self._mailbox)
+            return (
+                row is not None
+                and row.holder == self._holder
+                and row.expires_at > self._clock.now()
+            )
+
 
 # --- one mailbox --------------------------------------------------------------------------
 
@@ -202,35 +231,56 @@ class _LeaseLost(Exception):
     """Another instance holds the mailbox now: stop serving it."""
 
 
-class TokenCommandError(Exception):
-    """The OAuth2 token command failed, timed out, or printed nothing."""
+# What a server, a network or a token endpoint can raise; anything else is a bug.
+SERVER_ERRORS = (IMAPClientError, OSError, TokenError)
 
 
-def fetch_token(command: Sequence[str], timeout: float) -> str:
-    """Run `token_command` and return the access token it prints. Raises TokenCommandError."""
+def connect(
+    settings: ImapSettings, password: str, token: TokenSource | None
+) -> tuple[IMAPClient, AccessToken | None]:
+    """A logged-in client (STARTTLS first if configured), and the access token it used.
+
+    With a `token` source it authenticates by XOAUTH2, else by LOGIN with `password`.
+    """
+    s = settings
+    context = None
+    if s.tls != "none":
+        context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
+    client = IMAPClient(
+        s.host, s.effective_port, ssl=s.tls == "implicit", ssl_context=context, timeout=s.timeout
+    )
+    access = None
     try:
-        result = subprocess.run(
-            list(command),
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise TokenCommandError(f"token command could not run: {exc}") from exc
-    if result.returncode != 0:
-        why = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise TokenCommandError(
-            f"token command exited {result.returncode}: {why[0] if why else 'no message'}"
-        )
-    token = result.stdout.decode("utf-8", "replace").strip()
-    if not token:
-        raise TokenCommandError("token command printed no token")
-    return token
+        if s.tls == "starttls":
+            client.starttls(context)
+        if token is not None:
+            access = token.access_token()
+            client.oauth2_login(s.username, access.token)
+        else:
+            client.login(s.username, password)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.shutdown()
+        raise
+    return client, access
 
 
-def _classify(exc: BaseException) -> ErrorKind:
-    if isinstance(exc, TokenCommandError):
+def describe(exc: BaseException) -> str:
+    """An error as an operator reads it.
+
+    imaplib puts the server's words in bytes, and imapclient's LoginError wraps their
+    repr ("b'[AUTHENTICATIONFAILED] ...'"): both are unwrapped to the words.
+    """
+    if len(exc.args) == 1 and isinstance(exc.args[0], bytes):
+        return exc.args[0].decode("utf-8", "replace")
+    text = str(exc) or type(exc).__name__
+    wrapped = re.fullmatch(r"b(['\"])(.*)\1", text, re.DOTALL)
+    return wrapped.group(2) if wrapped else text
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    """The kind of error, as counted in metrics and /healthz."""
+    if isinstance(exc, TokenError):
         return "token"
     if isinstance(exc, LoginError):
         return "auth"
@@ -269,19 +319,31 @@ class Poller:
         on_spooled: Callable[[], None],
         *,
         holder: str,
+        token: TokenSource | None = None,
         metrics: _ImapMetrics | None = None,
+        accepting: Callable[[], bool] = lambda: True,
     ) -> None:
         self.settings = settings
+        # hardening (issue 9): False while the spool is past its high mark; no fetching then.
+        self._accepting = accepting
+        self._held_back = False
         self.status = MailboxStatus()
         self._password = password
         self._max_size = max_message_size
         self._db = db
         self._clock = clock
         self._on_spooled = on_spooled
+        self._token = token
         self._metrics = metrics
+        # time.monotonic() by which to reconnect with a fresh access token, if known.
+        self._session_ends: float | None = None
+        self._warned_at: datetime | None = None
         self._lock = threading.Lock()
         self.lease = Lease(db, settings.name, holder, settings.lease_seconds, clock)
         self._lease_renewed = 0.0
+        # Set by `run`: passes then check the lease before each batch. `sync_once` (one
+        # pass, tests and tools) serves whoever calls it, without a lease.
+        self._leased = False
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -289,6 +351,7 @@ class Poller:
         """Serve the mailbox until `stop` is set: lease, connect, sync, wait, reconnect."""
         backoff = 1.0
         name = self.settings.name
+        self._leased = True
         while not stop.is_set():
             try:
                 if not self._renew_lease(force=True):
@@ -314,7 +377,7 @@ class Poller:
                     logging.WARNING,
                     mailbox=name,
                     kind=kind,
-                    error=str(exc) or type(exc).__name__,
+                    error=describe(exc),
                     retry_in=backoff,
                 )
                 stop.wait(backoff)
@@ -337,7 +400,13 @@ class Poller:
         while not stop.is_set():
             self._set_state("syncing")
             self._sync(client)
-            if use_idle:
+            self._warn_refresh_expiry()
+            if use_idle and _announced(client):
+                continue  # mail came in during the pass: IDLE would not announce it again
+            if self._token_ending():
+                return  # `run` reconnects, with a fresh token
+            # Mail left behind for backpressure is not news to IDLE: poll for it instead.
+            if use_idle and not self._held_back:
                 self._set_state("idle")
                 self._idle(client, stop)
             else:
@@ -346,7 +415,7 @@ class Poller:
 
     def _idle(self, client: IMAPClient, stop: threading.Event) -> None:
         """Wait in IDLE until the folder changes, `stop`, or it is time to re-issue IDLE."""
-        renew_at = time.monotonic() + self.settings.idle_renew
+        renew_at = min(time.monotonic() + self.settings.idle_renew, self._session_ends or math.inf)
         client.idle()
         try:
             while not stop.is_set() and time.monotonic() < renew_at:
@@ -362,7 +431,7 @@ class Poller:
             client.idle_done()
 
     def _wait(self, stop: threading.Event, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
+        deadline = min(time.monotonic() + seconds, self._session_ends or math.inf)
         while not stop.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -383,33 +452,14 @@ class Poller:
     # -- one pass ------------------------------------------------------------------------
 
     def _connect(self) -> IMAPClient:
-        s = self.settings
-        context = None
-        if s.tls != "none":
-            context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
-        client = IMAPClient(
-            s.host,
-            s.effective_port,
-            ssl=s.tls == "implicit",
-            ssl_context=context,
-            timeout=s.timeout,
-        )
-        try:
-            if s.tls == "starttls":
-                client.starttls(context)
-            if s.auth == "xoauth2":
-                # A fresh token at every connect: access tokens live about an hour.
-                client.oauth2_login(s.username, fetch_token(s.token_command or (), s.timeout))
-            else:
-                client.login(s.username, self._password)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                client.shutdown()
-            raise
+        client, access = connect(self.settings, self._password, self._token)
+        if access is not None:
+            self._note_token(access)
         return client
 
     def _sync(self, client: IMAPClient) -> int:
-        delimiter = _delimiter(client)
+        self._held_back = False
+        delimiter = hierarchy_delimiter(client)
         spooled = sum(
             self._sync_folder(client, folder, delimiter) for folder in self.settings.folders
         )
@@ -422,7 +472,8 @@ class Poller:
 
     def _sync_folder(self, client: IMAPClient, folder: str, delimiter: str) -> int:
         name = self.settings.name
-        selected = client.select_folder(_server_name(folder, delimiter))
+        selected = client.select_folder(server_name(folder, delimiter))
+        _announced(client)  # the SELECT's own EXISTS is the count, not news
         uidvalidity = int(selected[b"UIDVALIDITY"])
         stored = load_checkpoint(self._db, name, folder)
         last_uid = 0
@@ -444,6 +495,13 @@ class Poller:
             save_checkpoint(self._db, name, folder, Checkpoint(uidvalidity, last_uid), self._now())
         spooled = 0
         for batch in _chunks(uids, self.settings.batch_size):
+            if not self._accepting():
+                self._held_back = True
+                break
+            # A backlog can take longer than the lease: confirm it before each batch, so an
+            # instance that has been taken over stops instead of fetching beside the other.
+            if self._leased and not (self._renew_lease() and self.lease.held()):
+                raise _LeaseLost
             spooled += self._take(client, folder, batch, delimiter)
             save_checkpoint(self._db, name, folder, Checkpoint(uidvalidity, batch[-1]), self._now())
         return spooled
@@ -505,7 +563,7 @@ class Poller:
             _expunge(client, uids)
 
     def _move(self, client: IMAPClient, uids: list[int], folder: str, delimiter: str) -> None:
-        target = _server_name(folder, delimiter)
+        target = server_name(folder, delimiter)
         if not client.folder_exists(target):
             with contextlib.suppress(IMAPClientError):  # created by a racing instance
                 client.create_folder(target)
@@ -515,6 +573,53 @@ class Poller:
         client.copy(uids, target)
         client.add_flags(uids, [DELETED], silent=True)
         _expunge(client, uids)
+
+    # -- OAuth2 token lifetimes -------------------------------------------------------------
+
+    def _note_token(self, access: AccessToken) -> None:
+        now = self._clock.now()
+        self._session_ends = None
+        if access.expires_at is not None:
+            left = (access.expires_at - now).total_seconds()
+            self._session_ends = time.monotonic() + max(left - _TOKEN_MARGIN, 0.0)
+        if access.refresh_expires_at is None:
+            return
+        with self._lock:
+            first = self.status.oauth_refresh_expires_at is None
+            self.status.oauth_refresh_expires_at = access.refresh_expires_at
+        if first and self._metrics is not None:
+            self._metrics.refresh_days.labels(self.settings.name).set_function(
+                self._refresh_days_left
+            )
+        self._warn_refresh_expiry()
+
+    def _token_ending(self) -> bool:
+        return self._session_ends is not None and time.monotonic() >= self._session_ends
+
+    def _refresh_days_left(self) -> float:
+        with self._lock:
+            expires = self.status.oauth_refresh_expires_at
+        if expires is None:
+            return math.nan
+        return (expires - self._clock.now()).total_seconds() / 86400
+
+    def _warn_refresh_expiry(self) -> None:
+        with self._lock:
+            expires = self.status.oauth_refresh_expires_at
+        now = self._clock.now()
+        if expires is None or expires - now > _REFRESH_WARNING:
+            return
+        if self._warned_at is not None and now - self._warned_at < _WARN_EVERY:
+            return
+        self._warned_at = now
+        event(
+            log,
+            "imap oauth refresh token expires soon",
+            logging.WARNING,
+            mailbox=self.settings.name,
+            expires_at=expires.isoformat(),
+            days_left=round(self._refresh_days_left(), 1),
+        )
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -526,11 +631,11 @@ class Poller:
             self.status.state = state
 
     def _record_error(self, exc: BaseException) -> ErrorKind:
-        kind = _classify(exc)
+        kind = classify(exc)
         with self._lock:
             self.status.state = "error"
             self.status.errors[kind] = self.status.errors.get(kind, 0) + 1
-            self.status.last_error = f"{kind}: {exc}"
+            self.status.last_error = f"{kind}: {describe(exc)}"
         if self._metrics is not None:
             self._metrics.errors.labels(self.settings.name, kind).inc()
         return kind
@@ -544,7 +649,7 @@ class Poller:
             return self.status.as_dict()
 
 
-def _delimiter(client: IMAPClient) -> str:
+def hierarchy_delimiter(client: IMAPClient) -> str:
     """The server's hierarchy separator ("/" at most providers, "." at many Dovecots)."""
     listed = client.list_folders(directory="", pattern="")
     if listed and listed[0][1]:
@@ -574,8 +679,25 @@ def _buffered(client: IMAPClient, timeout: float) -> bool:
         sock.settimeout(timeout)
 
 
-def _server_name(folder: str, delimiter: str) -> str:
+def _announced(client: IMAPClient) -> bool:
+    """Take the EXISTS responses that came with other commands; True if there were any.
+
+    A server announces a new mail once. Mail arriving during a pass is announced in the
+    response to a FETCH or MOVE, where imaplib files the EXISTS away unread; IDLE would
+    then not hear of that mail until its renewal, up to half an hour later.
+    """
+    responses = getattr(getattr(client, "_imap", None), "untagged_responses", None)
+    return isinstance(responses, dict) and bool(responses.pop("EXISTS", None))
+
+
+def server_name(folder: str, delimiter: str) -> str:
+    """A configured folder name ("/" separated) as the server spells it."""
     return folder.replace("/", delimiter) if delimiter != "/" else folder
+
+
+def config_name(folder: str, delimiter: str) -> str:
+    """A server folder name as the configuration spells it ("/" separated)."""
+    return folder.replace(delimiter, "/") if delimiter != "/" else folder
 
 
 def _expunge(client: IMAPClient, uids: list[int]) -> None:
@@ -659,6 +781,7 @@ def make_pollers(
     *,
     holder: str | None = None,
     env: dict[str, str] | None = None,
+    accepting: Callable[[], bool] = lambda: True,
 ) -> Pollers:
     """Build (without starting) one poller per `[[imap]]` mailbox. Raises ConfigError."""
     holder = holder or instance_id()
@@ -673,7 +796,9 @@ def make_pollers(
                 clock,
                 on_spooled,
                 holder=holder,
+                token=token_source(mailbox, db, clock, env) if mailbox.auth == "xoauth2" else None,
                 metrics=imap_metrics,
+                accepting=accepting,
             )
             for mailbox in settings.imap
         ]
@@ -686,8 +811,12 @@ def start_pollers(
     clock: Clock,
     on_spooled: Callable[[], None],
     metrics: Metrics | None = None,
+    *,
+    accepting: Callable[[], bool] = lambda: True,
 ) -> Pollers:
-    """Start polling every configured mailbox in its own thread. Raises ConfigError."""
-    pollers = make_pollers(settings, db, clock, on_spooled, metrics)
+    """Start polling every configured mailbox in its own thread. Raises ConfigError.
+
+    `accepting` (backpressure) is asked before each batch is fetched."""
+    pollers = make_pollers(settings, db, clock, on_spooled, metrics, accepting=accepting)
     event(log, "imap started", mailboxes=" ".join(m.name for m in settings.imap))
     return pollers.start()

@@ -22,6 +22,7 @@ from aiosmtpd.smtp import Session as SmtpSession
 from maild.config import ListenerSettings, Settings
 from maild.errors import TemporaryFailure
 from maild.logs import event
+from maild.receive.throttle import Throttle
 from maild.types import Envelope
 
 log = logging.getLogger("maild.smtp")
@@ -41,10 +42,21 @@ Observer = Callable[[str], None]
 class Listener:
     """Connection bookkeeping shared by every session of one daemon."""
 
-    def __init__(self, settings: Settings, put: SpoolPut, observe: Observer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        put: SpoolPut,
+        observe: Observer,
+        *,
+        throttle: Throttle,
+        accepting: Callable[[], bool],
+    ) -> None:
         self.settings = settings
         self.put = put
         self.observe = observe  # called with "accepted", "tempfail", "refused_recipient" ...
+        self.throttle = throttle
+        # False while the spool is past its high mark (backpressure.py); cheap to call.
+        self.accepting = accepting
         self.sessions: set[_SmtpSession] = set()
         self.closing = False
         self.idle = asyncio.Condition()
@@ -156,6 +168,13 @@ class _Handler:
     ) -> str:
         if self._listener.closing:
             return "421 4.3.2 Service shutting down"
+        peer = _peer(session)
+        over = self._listener.throttle.admit(address, peer)
+        if over is not None:
+            self._listener.observe("throttled")
+            event(log, "mail throttled", over=over, mail_from=address, peer=peer)
+            whose = "this sender" if over == "sender" else "your address"
+            return f"451 4.7.1 Too many mails from {whose}, try again later"
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 2.1.0 OK"
@@ -171,13 +190,17 @@ class _Handler:
         if not self._listener.settings.is_support_address(address):
             self._listener.observe("refused_recipient")
             return "550 5.1.1 No such mailbox here"
+        if not self._listener.accepting():
+            # At RCPT, not after DATA: the client has not sent the mail yet.
+            self._listener.observe("backpressure")
+            return "451 4.3.2 System busy, try again later"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: SmtpSession, envelope: SmtpEnvelope) -> str:
         raw = bytes(envelope.original_content or b"")
-        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer or "")
+        peer = _peer(session)
         ours = Envelope(
             mail_from=envelope.mail_from or "",
             rcpt_to=tuple(envelope.rcpt_tos),
@@ -212,6 +235,10 @@ class _Handler:
         if not self._lmtp:
             return status
         return "\r\n".join(status for _ in envelope.rcpt_tos)
+
+
+def _peer(session: SmtpSession) -> str:
+    return session.peer[0] if isinstance(session.peer, tuple) else str(session.peer or "")
 
 
 def _trace_headers(

@@ -19,7 +19,7 @@ from maild.rules.decision import (
     Notify,
 )
 from maild.rules.registry import ACTIONS, Action
-from maild.rules.schema import AssignArgs, NotifyArgs, TagArgs, suggest
+from maild.rules.schema import AssignArgs, AutoReplyArgs, NotifyArgs, TagArgs, suggest
 from maild.rules.yamldoc import Path
 from maild.types import TicketStatus
 
@@ -203,14 +203,21 @@ class SetAutoReply:
         draft.auto_reply = self.choice
 
     def describe(self) -> str:
-        return f"auto_reply = {self.choice.template or 'none'}"
+        language = f" ({self.choice.language})" if self.choice.language else ""
+        return f"auto_reply = {self.choice.template or 'none'}{language}"
 
 
 @ACTIONS.register("auto_reply")
 def _auto_reply(arg: object, path: Path, ctx: Context) -> Action | None:
-    """`auto_reply: requester/ticket_created`, or `auto_reply: none` for no auto-reply."""
+    """`auto_reply: requester/ticket_created`, `auto_reply: {template: ..., language: hu}`,
+    or `auto_reply: none` for no auto-reply."""
     if arg is None or arg is False or arg == "none":
         return SetAutoReply(AutoReply(None))
+    if isinstance(arg, dict):
+        args = ctx.validate(AutoReplyArgs, arg, path)
+        if args is None or not ctx.check_template(args.template, (*path, "template")):
+            return None
+        return SetAutoReply(AutoReply(args.template, args.language))
     name = _text(arg, path, ctx, "auto_reply")
     if name is None or not ctx.check_template(name, path):
         return None

@@ -38,9 +38,11 @@ class Notify:
 
 @dataclass(frozen=True, slots=True)
 class AutoReply:
-    """The rules' choice of automatic reply: a template, or None for no reply at all."""
+    """The rules' choice of automatic reply: a template, or None for no reply at all;
+    optionally its language, when the customer's mail states none."""
 
     template: str | None
+    language: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

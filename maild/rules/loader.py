@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from maild.logs import event
@@ -16,17 +16,19 @@ from maild.rules.teams import TEAMS_FILE, Directory, Names, build_directory
 from maild.rules.yamldoc import load_yaml
 
 log = logging.getLogger("maild.rules")
+SLA_FILE = "sla.yaml"
 
 
 def rule_files(directory: Path) -> list[Path]:
-    """The routing files of a directory: `*.yaml` but teams.yaml, in name order.
+    """The routing files of a directory: `*.yaml` but teams.yaml and sla.yaml (the SLA
+    policies, maild/sla/policy.py), in name order.
 
     Names starting with '.' are editors' lock and swap files, never rules.
     """
     return sorted(
         p
         for p in directory.glob("*.yaml")
-        if p.name != TEAMS_FILE and not p.name.startswith(".") and p.is_file()
+        if p.name not in (TEAMS_FILE, SLA_FILE) and not p.name.startswith(".") and p.is_file()
     )
 
 
@@ -35,6 +37,8 @@ def load_rules(directory: str | Path, *, known: KnownNames | None = None) -> Rul
     whole, and compile them. Raises RuleError with every problem found."""
     root = Path(directory)
     known = known or KnownNames()
+    if known.sla_policies is None:
+        known = replace(known, sla_policies=_sla_policy_names(root))
     if not root.is_dir():
         raise RuleError([RuleIssue(str(root), 0, 0, "not a directory")])
     issues: list[RuleIssue] = []
@@ -73,6 +77,21 @@ def load_rules(directory: str | Path, *, known: KnownNames | None = None) -> Rul
         raise RuleError(issues)
     assert directory_ok is not None
     return RuleSet(rules, directory_ok, files)
+
+
+def _sla_policy_names(root: Path) -> frozenset[str] | None:
+    """The policy names of sla.yaml, for checking `sla:` actions; None (any name) when
+    there is no readable file (maild/sla/policy.py reports its problems)."""
+    path = root / SLA_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc, _ = load_yaml(path.read_text("utf-8"), str(path))
+    except (OSError, UnicodeDecodeError):
+        return None
+    data = doc.data if doc is not None else None
+    policies = data.get("policies") if isinstance(data, dict) else None
+    return frozenset(policies) if isinstance(policies, dict) else None
 
 
 def _read(path: Path, issues: list[RuleIssue]) -> str:

@@ -182,6 +182,11 @@ class AssignArgs(_Model):
     language: Language | None = None
 
 
+class AutoReplyArgs(_Model):
+    template: Text
+    language: Language | None = None
+
+
 class NotifyArgs(_Model):
     agents: Addresses = []
     teams: Texts = []

@@ -1,0 +1,72 @@
+"""Recognise bounces that are not RFC 3464 reports. Pure; reads a parsed mail only.
+
+Many MTAs still send non-delivery notices as plain text or multipart/mixed (qmail,
+Exim, Domino, old Sendmail, mobile carriers), and a file import has no envelope to show
+the null sender. Such a notice comes from a daemon-like sender and says it failed in
+its subject or body, or carries the original. A no-reply sender must also carry the
+original and say so, because shops send "delivery failed" notices about parcels.
+"""
+
+from __future__ import annotations
+
+import re
+
+from maild.types import ParsedMail
+
+_DAEMON = re.compile(
+    r"^(mailer[-_.]?daemon|post[-_.]?master|mail[-_.]?delivery[-_.]?(system|subsystem)"
+    r"|mail[-_.]?daemon|mdaemon)$",
+    re.IGNORECASE,
+)
+_NO_REPLY = re.compile(r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply)", re.IGNORECASE)
+_SUBJECT = re.compile(
+    r"undeliver|non[-\s]?deliver|delivery\s+(status|failure|failed|notification|problem)"
+    r"|returned\s+(mail|to\s+sender)|failure\s+notice|mail\s+delivery|delivery\s+report"
+    r"|mail\s+system\s+error|could\s+not\s+be\s+delivered|unzustellbar|non\s+remis"
+    r"|kézbesíthetetlen|nem\s+kézbesíthető",
+    re.IGNORECASE,
+)
+_BODY = re.compile(
+    r"could\s+not\s+be\s+delivered|couldn't\s+be\s+delivered|undeliverable"
+    r"|delivery\s+(to\s+the\s+following\s+recipients?\s+)?(has\s+)?failed"
+    r"|permanent(ly)?\s+(fatal\s+)?(error|failure)|no\s+such\s+(user|mailbox)|user\s+unknown"
+    r"|unknown\s+user|mailbox\s+(is\s+)?(full|unavailable)|requested\s+action\s+not\s+taken"
+    r"|message\s+was\s+not\s+delivered|returned\s+to\s+sender|\b5\d\d[\s-]+5\.\d{1,3}\.\d{1,3}",
+    re.IGNORECASE,
+)
+_ORIGINAL = {"message/rfc822", "text/rfc822-headers", "message/delivery-status"}
+# Bounce wording sits at the top; a long body is a person's mail that quotes one.
+_BODY_WINDOW = 4000
+
+
+def looks_like_bounce(mail: ParsedMail) -> bool:
+    """True for a non-delivery notice that is not a multipart/report (those the caller
+    recognises by their content type)."""
+    if mail.header("x-failed-recipients") is not None:
+        return True
+    local = _sender_local_part(mail)
+    says_failed = bool(_SUBJECT.search(mail.subject)) or bool(
+        _BODY.search(mail.text[:_BODY_WINDOW])
+    )
+    carries_original = any(a.content_type.lower() in _ORIGINAL for a in mail.attachments)
+    if _DAEMON.match(local) or _return_path_is_daemon(mail):
+        return says_failed or carries_original
+    if _NO_REPLY.match(local):
+        return says_failed and carries_original
+    return False
+
+
+def _sender_local_part(mail: ParsedMail) -> str:
+    if mail.from_ is not None and mail.from_.address:
+        return mail.from_.address.rpartition("@")[0] or mail.from_.address
+    # `From: MAILER-DAEMON <>` has no address: only the display name is left.
+    name = mail.from_.name if mail.from_ is not None else (mail.header("from") or "")
+    return name.partition("<")[0].strip().strip('"').strip()
+
+
+def _return_path_is_daemon(mail: ParsedMail) -> bool:
+    value = (mail.header("return-path") or "").strip().strip("<>").strip()
+    if not value:
+        # An empty Return-Path header is the null sender, written by the final MTA.
+        return mail.header("return-path") is not None
+    return bool(_DAEMON.match(value.rpartition("@")[0] or value))

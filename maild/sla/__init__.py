@@ -1,0 +1,1 @@
+"""Service levels: business calendars, policies with due times, and the escalation sweep."""

@@ -1,0 +1,177 @@
+"""Keep a ticket's SLA clocks current, inside the caller's transaction.
+
+The pipeline calls these when a ticket is created or a customer writes; the agents' side
+calls `on_agent_reply` when an agent's reply goes to the customer (never for an internal
+note) and `on_ticket_change` after it changes status, priority or policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, Table, select, update
+
+from maild.db.models import Contact, Message, SlaStage, Ticket
+from maild.pipeline.apply import EventRow, record_events
+from maild.sla import clocks as sla_clocks
+from maild.sla.clocks import Clocks, StageKey
+from maild.sla.policy import PolicySet, TicketFacts
+from maild.types import MessageKind
+
+
+def _table(model: type[Any]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+TICKET = _table(Ticket)
+CONTACT = _table(Contact)
+LEDGER = _table(SlaStage)
+MESSAGE = _table(Message)
+
+# What policy matching and the clocks read, and what a sweep needs to notify.
+TICKET_COLUMNS = (
+    TICKET.c.id,
+    TICKET.c.number,
+    TICKET.c.subject,
+    TICKET.c.status,
+    TICKET.c.priority,
+    TICKET.c.type,
+    TICKET.c.queue,
+    TICKET.c.team,
+    TICKET.c.tier,
+    TICKET.c.assignee,
+    TICKET.c.created_at,
+    TICKET.c.sla_policy,
+    TICKET.c.sla_applied,
+    TICKET.c.sla_priority,
+    TICKET.c.first_response_due_at,
+    TICKET.c.next_response_due_at,
+    TICKET.c.resolution_due_at,
+    TICKET.c.sla_paused_at,
+    TICKET.c.sla_response_cycle,
+    TICKET.c.sla_resolution_cycle,
+    TICKET.c.next_sla_check_at,
+    CONTACT.c.address.label("requester_address"),
+    CONTACT.c.name.label("requester_name"),
+)
+
+
+def select_tickets() -> Any:
+    return select(*TICKET_COLUMNS).join(CONTACT, CONTACT.c.id == TICKET.c.requester_id)
+
+
+def clocks_of(row: Row[Any]) -> Clocks:
+    return Clocks(
+        applied=row.sla_applied,
+        priority=row.sla_priority,
+        first_response_due_at=row.first_response_due_at,
+        next_response_due_at=row.next_response_due_at,
+        resolution_due_at=row.resolution_due_at,
+        paused_at=row.sla_paused_at,
+        response_cycle=row.sla_response_cycle,
+        resolution_cycle=row.sla_resolution_cycle,
+    )
+
+
+def facts_of(row: Row[Any]) -> TicketFacts:
+    return TicketFacts(
+        queue=row.queue,
+        priority=row.priority,
+        type=row.type,
+        customer_domain=str(row.requester_address or "").rpartition("@")[2].lower(),
+    )
+
+
+def fired_keys(conn: Connection, ticket_ids: list[int]) -> dict[int, set[StageKey]]:
+    """The ledger's stage keys of each ticket."""
+    found: dict[int, set[StageKey]] = {i: set() for i in ticket_ids}
+    if not ticket_ids:
+        return found
+    rows = conn.execute(
+        select(
+            LEDGER.c.ticket_id, LEDGER.c.target, LEDGER.c.cycle, LEDGER.c.stage, LEDGER.c.occurrence
+        ).where(LEDGER.c.ticket_id.in_(ticket_ids))
+    )
+    for row in rows:
+        found[row.ticket_id].add((row.target, row.cycle, row.stage, row.occurrence))
+    return found
+
+
+class SlaTracker:
+    """`policies` gives the SLA policies in force (asked on every call, so a reload
+    applies from the next change on)."""
+
+    def __init__(self, policies: Callable[[], PolicySet]) -> None:
+        self._policies = policies
+
+    def on_ticket_created(self, conn: Connection, ticket_id: int, now: datetime) -> None:
+        self.refresh(conn, ticket_id, now)
+
+    def on_customer_reply(self, conn: Connection, ticket_id: int, now: datetime) -> None:
+        """A customer's mail joined the ticket: next response re-arms; a resolved ticket
+        that reopened gets a new resolution cycle."""
+        self.refresh(conn, ticket_id, now, customer_replied=True)
+
+    def on_agent_reply(self, conn: Connection, ticket_id: int, now: datetime) -> None:
+        """An agent's reply went to the customer: first and next response are met."""
+        self.refresh(conn, ticket_id, now, agent_replied=True)
+
+    def after_agent_mail(
+        self, conn: Connection, ticket_id: int, spool_id: int, now: datetime
+    ) -> None:
+        """An agent's mail was handled: a reply to the customer (stored as an agent
+        reply from that spool row, not an internal note) meets the response targets;
+        any commands in it may have changed status or priority."""
+        kinds = set(
+            conn.scalars(
+                select(MESSAGE.c.kind).where(
+                    MESSAGE.c.spool_id == spool_id, MESSAGE.c.ticket_id == ticket_id
+                )
+            )
+        )
+        self.refresh(conn, ticket_id, now, agent_replied=MessageKind.AGENT_REPLY in kinds)
+
+    def on_ticket_change(self, conn: Connection, ticket_id: int, now: datetime) -> None:
+        """Status, priority, queue, type or the named policy changed."""
+        self.refresh(conn, ticket_id, now)
+
+    def refresh(
+        self,
+        conn: Connection,
+        ticket_id: int,
+        now: datetime,
+        *,
+        customer_replied: bool = False,
+        agent_replied: bool = False,
+    ) -> Clocks:
+        """Bring the ticket's clocks and `next_sla_check_at` up to date; returns the clocks."""
+        row = conn.execute(select_tickets().where(TICKET.c.id == ticket_id)).one()
+        policies = self._policies()
+        policy = policies.choose(row.sla_policy, facts_of(row))
+        before = clocks_of(row)
+        if policy is None and before.applied is None and row.next_sla_check_at is None:
+            return before  # no service level, before or now
+        previous = policies.policies.get(before.applied) if before.applied else None
+        after, events = sla_clocks.update(
+            before,
+            policy,
+            previous,
+            status=row.status,
+            priority=row.priority,
+            now=now,
+            customer_replied=customer_replied,
+            agent_replied=agent_replied,
+        )
+        check = sla_clocks.next_check(after, policy, fired_keys(conn, [ticket_id])[ticket_id])
+        if after != before or check != row.next_sla_check_at:
+            conn.execute(
+                update(TICKET)
+                .where(TICKET.c.id == ticket_id)
+                .values(**after.columns(), next_sla_check_at=check)
+            )
+        record_events(conn, [EventRow(ticket_id, kind, data) for kind, data in events], now)
+        return after
