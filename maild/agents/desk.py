@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from maild.agents import store
 from maild.agents.mailer import Mailer
@@ -27,6 +27,11 @@ from maild.rules.teams import Directory
 from maild.types import Envelope, MailClass, ParsedMail, TicketStatus
 
 log = logging.getLogger("maild.agents")
+
+# Built once: follow_up runs for every mail that threads to a ticket.
+_STATUS_OF_TICKET = select(Ticket.status, Ticket.updated_at).where(
+    Ticket.id == bindparam("ticket_id")
+)
 
 
 class AgentDesk:
@@ -86,9 +91,7 @@ class AgentDesk:
         `reopen_days` ago, gets a new ticket linked to the old one; otherwise `decision`."""
         if decision.ticket_id is None or mail_class is not MailClass.HUMAN:
             return decision
-        row = conn.execute(
-            select(Ticket.status, Ticket.updated_at).where(Ticket.id == decision.ticket_id)
-        ).one()
+        row = conn.execute(_STATUS_OF_TICKET, {"ticket_id": decision.ticket_id}).one()
         if row.status == TicketStatus.RESOLVED:
             resolved_at = store.resolved_at(conn, decision.ticket_id) or row.updated_at
             if now - resolved_at <= timedelta(days=self._settings.reopen_days):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, Table, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, select, update
 
 from maild.db.models import Contact, Message, SlaStage, Ticket
 from maild.pipeline.apply import EventRow, record_events
@@ -64,6 +64,10 @@ def select_tickets() -> Any:
     return select(*TICKET_COLUMNS).join(CONTACT, CONTACT.c.id == TICKET.c.requester_id)
 
 
+# Built once: this runs for every mail, and building the statement cost more than running it.
+_ONE_TICKET = select_tickets().where(TICKET.c.id == bindparam("ticket_id"))
+
+
 def clocks_of(row: Row[Any]) -> Clocks:
     return Clocks(
         applied=row.sla_applied,
@@ -109,6 +113,8 @@ class SlaTracker:
         self._policies = policies
 
     def on_ticket_created(self, conn: Connection, ticket_id: int, now: datetime) -> None:
+        if not self._policies().policies:
+            return  # a new ticket has no clocks to clear, and no policy would start one
         self.refresh(conn, ticket_id, now)
 
     def on_customer_reply(self, conn: Connection, ticket_id: int, now: datetime) -> None:
@@ -149,7 +155,7 @@ class SlaTracker:
         agent_replied: bool = False,
     ) -> Clocks:
         """Bring the ticket's clocks and `next_sla_check_at` up to date; returns the clocks."""
-        row = conn.execute(select_tickets().where(TICKET.c.id == ticket_id)).one()
+        row = conn.execute(_ONE_TICKET, {"ticket_id": ticket_id}).one()
         policies = self._policies()
         policy = policies.choose(row.sla_policy, facts_of(row))
         before = clocks_of(row)
