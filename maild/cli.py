@@ -24,6 +24,7 @@ from maild.pipeline.limits import MailLimits
 from maild.pipeline.parse_ahead import ParseAhead
 from maild.pipeline.process import Parsed
 from maild.receive.ingest import MissingInput, check_inputs, read_inputs
+from maild.roles import ROLES
 from maild.rules import RuleError
 from maild.rules import cli as rules_cli
 from maild.sla import cli as sla_cli
@@ -54,6 +55,10 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", parents=[common], help="run the daemon")
+    run.add_argument("--role", choices=ROLES, default="all", help="what this instance does")
+    run.add_argument(
+        "--workers", type=_worker_count, metavar="N", help="processes (default: [daemon] workers)"
+    )
     run.set_defaults(handler=_run)
 
     ingest = commands.add_parser(
@@ -207,7 +212,15 @@ def _run(app: App, args: argparse.Namespace, out: TextIO) -> int:
     # which every `maild ingest -` an MTA pipes a mail into would otherwise pay.
     from maild import daemon
 
-    return asyncio.run(daemon.run(app))
+    return asyncio.run(daemon.run(app, ROLES[args.role], args.workers))
+
+
+def _worker_count(value: str) -> int:
+    # The same bounds as `[daemon] workers`.
+    count = int(value)
+    if not 0 <= count <= 64:
+        raise argparse.ArgumentTypeError("must be between 0 and 64")
+    return count
 
 
 def _ingest(app: App, args: argparse.Namespace, out: TextIO) -> int:
@@ -346,7 +359,9 @@ def _rules_test(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
             print(f"maild: {args.mail}: {exc.strerror}", file=sys.stderr)
             return EX_NOINPUT
     try:
-        print(rules_cli.test(raw, settings.paths.rules, args.as_reply, args.json), file=out)
+        limits = MailLimits.of(settings.mail)
+        report = rules_cli.test(raw, settings.paths.rules, args.as_reply, args.json, limits=limits)
+        print(report, file=out)
     except RuleError as exc:
         print(f"maild: the rules are broken:\n{exc}", file=sys.stderr)
         return EX_CONFIG

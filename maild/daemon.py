@@ -25,6 +25,7 @@ from maild.receive.group_commit import GroupCommit
 from maild.receive.imap import start_pollers
 from maild.receive.smtp import Listener, serve
 from maild.receive.throttle import Throttle
+from maild.roles import ROLES, Roles
 from maild.scheduler import Scheduler
 from maild.sla.service import SweepThread, build_sweeper
 from maild.types import Envelope
@@ -39,14 +40,14 @@ class _Workers:
 
     app: App
     metrics: Metrics
+    count: int
     wake: Flag = field(init=False)
     stop: Flag = field(init=False)
     _processes: list[Any] = field(default_factory=list)
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        count = self.app.settings.daemon.workers
-        if count == 0:
+        if self.count == 0:
             self.wake, self.stop = threading.Event(), threading.Event()
             self.rules_generation: Generation = Counter()
             return
@@ -66,7 +67,7 @@ class _Workers:
                 ),
                 name=f"maild-worker-{i}",
             )
-            for i in range(count)
+            for i in range(self.count)
         ]
 
     def reload_rules(self) -> None:
@@ -124,11 +125,16 @@ class _Workers:
             self._results.put(None)
 
 
-async def run(app: App) -> int:
+async def run(app: App, roles: Roles = ROLES["all"], workers_count: int | None = None) -> int:
+    """Run the parts `roles` names until SIGTERM/SIGINT; the health server runs in every
+    role. `workers_count` overrides `[daemon] workers`."""
     settings = app.settings
     loop = asyncio.get_running_loop()
     metrics = Metrics(app.db, app.clock)
-    workers = _Workers(app, metrics)
+    count = settings.daemon.workers if workers_count is None else workers_count
+    workers = _Workers(app, metrics, count) if roles.process else None
+    # Mail spooled here is for another instance's workers, found by their poll.
+    wake_workers = workers.wake.set if workers is not None else lambda: None
 
     def write_many(mails: list[tuple[bytes, Envelope]]) -> list[int]:
         return spool.put_many(app.db, mails, "smtp", app.clock.now())
@@ -146,7 +152,7 @@ async def run(app: App) -> int:
     async def put(raw: bytes, envelope: Envelope) -> int:
         spool_id = await group_commit.put(raw, envelope)
         backpressure.spooled()
-        workers.wake.set()
+        wake_workers()
         return spool_id
 
     listener = Listener(
@@ -156,18 +162,19 @@ async def run(app: App) -> int:
         throttle=Throttle.of(settings.smtp, app.clock),
         accepting=backpressure.accepting,
     )
-    servers = [await serve(listener, one) for one in settings.listener]
-    workers.start()
+    servers = [await serve(listener, one) for one in settings.listener] if roles.receive else []
+    if workers is not None:
+        workers.start()
     pollers = (
         start_pollers(
             settings,
             app.db,
             app.clock,
-            workers.wake.set,
+            wake_workers,
             metrics,
             accepting=backpressure.accepting,
         )
-        if settings.imap
+        if settings.imap and roles.receive
         else None
     )
 
@@ -180,17 +187,22 @@ async def run(app: App) -> int:
             on_result=lambda result: metrics.outbound.labels(result).inc(),
         )
     )
-    outbox.start()
+    if roles.send:
+        outbox.start()
 
     # sla (issue 8): the sweep runs on its own thread whenever the scheduler wakes it.
     sla = SweepThread(build_sweeper(app), app.clock)
-    sla.start()
+    if roles.process:
+        sla.start()
 
     scheduler = Scheduler()
-    scheduler.every("spool-poll", settings.daemon.poll_interval, workers.wake.set)
-    scheduler.every("outbox-send", settings.outbound.interval, outbox.wake.set)
-    scheduler.every("sla-sweep", settings.sla.interval, sla.wake.set)
-    if settings.daemon.spool_high_mark:
+    if workers is not None:
+        scheduler.every("spool-poll", settings.daemon.poll_interval, workers.wake.set)
+    if roles.process:
+        scheduler.every("sla-sweep", settings.sla.interval, sla.wake.set)
+    if roles.send:
+        scheduler.every("outbox-send", settings.outbound.interval, outbox.wake.set)
+    if settings.daemon.spool_high_mark and roles.receive:
         scheduler.every("backpressure", settings.daemon.backpressure_interval, backpressure.refresh)
     scheduler.start()
 
@@ -209,10 +221,10 @@ async def run(app: App) -> int:
         # The daemon validates first: workers only re-read rules that load cleanly, and
         # a broken edit keeps the last good rules everywhere.
         event(log, "rules reload requested", why=why)
-        if app.rules.reload().ok:
-            workers.reload_rules()
-        else:
+        if not app.rules.reload().ok:
             metrics.rules_reload_failures.inc()
+        elif workers is not None:
+            workers.reload_rules()
 
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -225,7 +237,8 @@ async def run(app: App) -> int:
         "ready",
         listeners=" ".join(_describe(s) for s in servers),
         http=f"{settings.http.host}:{health.port}" if health else "off",
-        workers=settings.daemon.workers,
+        role=str(roles),
+        workers=count if workers is not None else 0,
     )
     await stopping.wait()
 
@@ -237,9 +250,12 @@ async def run(app: App) -> int:
     scheduler.stop()
     if pollers is not None:
         await asyncio.to_thread(pollers.stop)
-    await asyncio.to_thread(workers.join)
-    await asyncio.to_thread(outbox.stop)
-    await asyncio.to_thread(sla.stop)
+    if workers is not None:
+        await asyncio.to_thread(workers.join)
+    if roles.send:
+        await asyncio.to_thread(outbox.stop)
+    if roles.process:
+        await asyncio.to_thread(sla.stop)
     if health is not None:
         health.stop()
     event(log, "stopped")

@@ -63,8 +63,9 @@ def write_config(directory: Path, db_url: str, **sections: Any) -> DaemonConfig:
 class Daemon:
     """A `maild run` process whose JSON log lines can be awaited."""
 
-    def __init__(self, config: DaemonConfig, cwd: Path) -> None:
+    def __init__(self, config: DaemonConfig, cwd: Path, args: tuple[str, ...] = ()) -> None:
         self.config = config.path
+        self.args = args  # extra `maild run` arguments, e.g. ("--role", "receive")
         self.smtp_port = config.smtp_port
         self.http_port = config.http_port
         self.cwd = cwd
@@ -75,7 +76,7 @@ class Daemon:
 
     def start(self, timeout: float = 30.0) -> Daemon:
         self.process = subprocess.Popen(
-            [MAILD, "run", "--config", str(self.config)],
+            [MAILD, "run", "--config", str(self.config), *self.args],
             cwd=self.cwd,
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,

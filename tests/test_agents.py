@@ -530,6 +530,18 @@ def test_attachments_go_to_the_agent_and_to_the_customer_within_the_limit(
     assert "The fix is attached." in body(relayed)
 
 
+def test_relayed_attachments_carry_the_safe_name_the_ticket_shows(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    app = agents_app(make_app, tmp_path)
+    number, _ = customer_ticket(app)
+    reply = agent_reply(number, "Here it is.")
+    reply = with_attachment(reply, "../../etc/CON.pdf", b"%PDF-fix")
+    send_as_agent(app, reply, reply_address(number))
+    relayed = sent(app, "requester/agent_reply")[0][1]
+    assert attached(relayed) == {"_CON.pdf": b"%PDF-fix"}
+
+
 def test_reply_by_subject_tag_alone_finds_the_ticket(make_app: AppFactory, tmp_path: Path) -> None:
     """Agents are not participants of the customer's mails; the tag still leads them in."""
     app = agents_app(make_app, tmp_path)

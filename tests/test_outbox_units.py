@@ -255,6 +255,20 @@ def test_sending_address_is_the_one_the_mail_came_in_on() -> None:
     assert sending_address(settings, Envelope()) == "help@example.com"
 
 
+def test_sending_address_never_shows_a_sub_address_or_the_internal_address() -> None:
+    settings = parse_settings(
+        {
+            "mail": {"support_addresses": ["help@example.com"]},
+            "agents": {"internal_address": "help-comment@example.com"},
+        },
+        "<test>",
+    )
+    signed = Envelope(rcpt_to=("help+t7.a1b2c3d4.k1.00ff00ff00ff00ff@example.com",))
+    assert sending_address(settings, signed) == "help@example.com"
+    internal = Envelope(rcpt_to=("help-comment@example.com",))
+    assert sending_address(settings, internal) == "help@example.com"
+
+
 def test_bounce_report_from_a_quoted_original() -> None:
     raw = (
         b"From: MAILER-DAEMON@mx.example\r\nSubject: failure notice\r\n"

@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 
+from maild.cli import main
 from maild.errors import Quarantine
 from maild.pipeline.classify import classify
 from maild.pipeline.parse import parse
 from maild.rules import load_rules
 from maild.rules.cli import test as rules_test
 from maild.types import Envelope
+from tests.conftest import make_mail
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "rules"
@@ -186,3 +188,18 @@ def test_every_corpus_mail_can_be_explained() -> None:
                 mail, Envelope(), mail_class=classify(mail, Envelope()), is_reply=as_reply
             )
             assert result["decision"] == json.loads(json.dumps(decision.as_dict())), path
+
+
+def test_the_command_parses_with_the_configured_limits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mail the daemon would quarantine for a limit is not routed by `rules test` either."""
+    mail = tmp_path / "mail.eml"
+    mail.write_bytes(make_mail())
+    config = tmp_path / "config.toml"
+    config.write_text(f'[paths]\nrules = "{SHIPPED}"\n[mail]\nmax_header_fields = 3\n')
+
+    code = main(["rules", "test", "--config", str(config), str(mail)])
+
+    assert code == 65  # EX_DATAERR: not a mail maild would take
+    assert "max_header_fields" in capsys.readouterr().err

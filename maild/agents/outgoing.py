@@ -22,6 +22,7 @@ from maild.config import Settings
 from maild.db.models import SpoolEntry
 from maild.outbox.compose import LOOP_HEADER
 from maild.outbox.tables import MESSAGE, OUTBOX
+from maild.pipeline.parse import attachment_filename
 from maild.types import Direction, MailClass, MessageKind
 
 # RFC 5322 recommends at most this many ids in References; keep the first and the newest.
@@ -185,7 +186,9 @@ def attachments_of(conn: Connection, spool_id: int, limit: int) -> tuple[FileDat
         if not isinstance(data, bytes) or total + len(data) > limit:
             continue
         total += len(data)
-        found.append(FileData(str(part.get_filename()), part.get_content_type(), data))
+        # The same safe name the ticket shows: the raw one may carry paths or controls.
+        name = attachment_filename(part) or f"attachment-{len(found) + 1}"
+        found.append(FileData(name, part.get_content_type(), data))
     return tuple(found)
 
 

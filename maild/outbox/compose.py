@@ -38,10 +38,18 @@ class Composed:
 
 
 def sending_address(settings: Settings, envelope: Envelope) -> str:
-    """The support address the mail came in on, else the first configured one."""
+    """The support address the mail came in on, else the first configured one.
+
+    A sub-address (an agent's signed reply address, `support+…`) stands for its base
+    address: tokens are for agents' eyes, never a customer's From. The internal-notes
+    address never sends to customers.
+    """
     for rcpt in envelope.rcpt_to:
-        if settings.is_support_address(rcpt):
-            return rcpt.lower()
+        address = rcpt.lower()
+        if address == settings.agents.internal_address or not settings.is_support_address(address):
+            continue
+        local, _, domain = address.rpartition("@")
+        return f"{local.partition('+')[0]}@{domain}"
     return settings.mail.support_addresses[0]
 
 

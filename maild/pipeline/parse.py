@@ -794,6 +794,11 @@ def _filename(part: Message, defects: list[str]) -> str | None:
     return None
 
 
+def attachment_filename(part: Message) -> str | None:
+    """The safe display name of an attachment, as the ticket records it (None if none)."""
+    return _filename(part, [])
+
+
 def _safe_filename(name: str) -> str | None:
     """A display name, never a path: the last path component, without control characters
     or trailing dots, a device name prefixed with '_', at most 255 characters. None if

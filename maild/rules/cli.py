@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from maild.pipeline.classify import classify
+from maild.pipeline.limits import DEFAULT_LIMITS, MailLimits
 from maild.pipeline.parse import parse
 from maild.rules.decision import RouteDecision
 from maild.rules.engine import Explanation, RuleSet, RuleTrace
@@ -51,6 +52,7 @@ def test(
     envelope: Envelope | None = None,
     came_in_on: str | None = None,
     known_customer: bool = False,
+    limits: MailLimits = DEFAULT_LIMITS,
 ) -> str:
     """Route one raw mail with the rules of `rules_dir`, without a database, and say why.
 
@@ -60,7 +62,7 @@ def test(
     Quarantine if the bytes are not a mail.
     """
     rules = load_rules(rules_dir)
-    mail = parse(raw_mail)
+    mail = parse(raw_mail, limits)
     envelope = envelope or Envelope()
     facts = rules.facts(
         mail,
