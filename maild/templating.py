@@ -125,22 +125,28 @@ class Templates:
 # or by a full name (`agent/sla_warning`), which adds to its audience's. A template must
 # check clean against exactly what it will be given at run time, so whoever sends a new
 # kind of mail adds its sample variables here.
+# The ticket every template gets (`maild/outbox/context.py` builds the real one).
+_SAMPLE_TICKET: dict[str, Any] = {
+    "number": "1042",
+    "tag": "[#1042]",
+    "subject": "Printer on fire",
+    "status": "new",
+    "priority": "normal",
+    "type": None,
+    "queue": None,
+    "team": None,
+    "assignee": None,
+    "created_at": "Mon, 02 Mar 2026 09:00:01 +0000",
+}
 _AUDIENCE_SAMPLES: dict[str, dict[str, Any]] = {
     "requester": {},
     # agents (issue 7): notifications and error mails (maild/agents/desk.py). Agents also
     # see the ticket's tier and tags.
     "agent": {
         "ticket": {
-            "number": "1042",
-            "tag": "[#1042]",
-            "subject": "Printer on fire",
-            "status": "new",
-            "priority": "normal",
-            "type": None,
-            "queue": None,
+            **_SAMPLE_TICKET,
             "team": "first-line",
             "assignee": "anna@example.com",
-            "created_at": "Mon, 02 Mar 2026 09:00:01 +0000",
             "tier": 1,
             "tags": ["printer"],
         },
@@ -193,18 +199,7 @@ def sample_context(name: str | None = None) -> dict[str, Any]:
     audience = (name or "").partition("/")[0]
     own = _AUDIENCE_SAMPLES.get(name, {}) if name else {}
     return {
-        "ticket": {
-            "number": "1042",
-            "tag": "[#1042]",
-            "subject": "Printer on fire",
-            "status": "new",
-            "priority": "normal",
-            "type": None,
-            "queue": None,
-            "team": None,
-            "assignee": None,
-            "created_at": "Mon, 02 Mar 2026 09:00:01 +0000",
-        },
+        "ticket": dict(_SAMPLE_TICKET),
         "requester": {"address": "alice@customer.example", "name": "Alice Customer"},
         "message": {
             "subject": "Printer on fire",

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, select
 
 from maild.agents.outgoing import Outgoing, queue
 from maild.agents.recognise import recipients
+from maild.agents.store import latest_customer_message
 from maild.agents.tokens import Keyring
 from maild.config import Settings
 from maild.db.models import Message, Ticket
@@ -20,7 +21,7 @@ from maild.numbering import Numbering
 from maild.outbox.context import ticket_context
 from maild.pipeline.apply import EventRow, record_events
 from maild.templating import Rendered, TemplateMissing, Templates
-from maild.types import Direction, Envelope, MessageKind, ParsedMail
+from maild.types import Envelope, MessageKind, ParsedMail
 
 log = logging.getLogger("maild.agents")
 
@@ -59,14 +60,9 @@ class Mailer:
         extra = conn.execute(select(Ticket.tier, Ticket.tags).where(Ticket.id == ticket_id)).one()
         context["ticket"].update(tier=extra.tier, tags=list(extra.tags or []))
         latest = conn.execute(
-            select(Message.subject, Message.text_stripped, Message.message_id, Message.date)
-            .where(
-                Message.ticket_id == ticket_id,
-                Message.direction == Direction.IN,
-                Message.kind == MessageKind.CUSTOMER,
+            latest_customer_message(
+                ticket_id, Message.subject, Message.text_stripped, Message.message_id, Message.date
             )
-            .order_by(Message.id.desc())
-            .limit(1)
         ).first()
         context["message"] = {
             "subject": latest.subject if latest else context["ticket"]["subject"],

@@ -6,13 +6,14 @@ Functions of a connection inside the caller's transaction; no decisions here.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, Select, func, select
 
 from maild.agents.changes import TicketState
 from maild.config import Settings
-from maild.db.models import Attachment, Contact, Event, Message, Ticket, TicketContact
-from maild.outbox.tables import MESSAGE
+from maild.db.models import Contact, Event, Message, Ticket, TicketContact
+from maild.pipeline.apply import store_incoming
 from maild.rules.teams import Directory
 from maild.types import Direction, MailClass, MessageKind, ParsedMail, TicketStatus
 
@@ -88,46 +89,16 @@ def store_agent_mail(
     now: datetime,
 ) -> None:
     """The agent's mail on the ticket: its stripped text is what was relayed."""
-    message_row_id = conn.execute(
-        insert(MESSAGE).returning(MESSAGE.c.id),
-        {
-            "ticket_id": ticket_id,
-            "spool_id": spool_id,
-            "direction": Direction.IN,
-            "kind": kind,
-            "mail_class": MailClass.HUMAN,
-            "message_id": mail.message_id[:998],
-            "body_hash": mail.body_hash,
-            "in_reply_to": list(mail.in_reply_to),
-            "references": list(mail.references),
-            "from_address": mail.from_.address if mail.from_ else None,
-            "from_name": mail.from_.name if mail.from_ else "",
-            "to": [a.address for a in mail.to],
-            "cc": [a.address for a in mail.cc],
-            "subject": mail.subject,
-            "date": mail.date,
-            "text": mail.text,
-            "text_stripped": text_stripped,
-            "html": mail.html,
-            "created_at": now,
-        },
-    ).scalar_one()
-    if mail.attachments:
-        conn.execute(
-            insert(Attachment),
-            [
-                {
-                    "message_id": message_row_id,
-                    "filename": a.filename,
-                    "content_type": a.content_type,
-                    "size": a.size,
-                    "sha256": a.sha256,
-                    "content_id": a.content_id,
-                    "inline": a.inline,
-                }
-                for a in mail.attachments
-            ],
-        )
+    store_incoming(
+        conn,
+        ticket_id,
+        mail,
+        kind=kind,
+        mail_class=MailClass.HUMAN,
+        text_stripped=text_stripped,
+        spool_id=spool_id,
+        now=now,
+    )
 
 
 def resolved_at(conn: Connection, ticket_id: int) -> datetime | None:
@@ -141,9 +112,10 @@ def resolved_at(conn: Connection, ticket_id: int) -> datetime | None:
     return next((r.at for r in rows if r.data.get("to") == TicketStatus.RESOLVED), None)
 
 
-def last_customer_mail(conn: Connection, ticket_id: int) -> tuple[str, tuple[str, ...]] | None:
-    row = conn.execute(
-        select(Message.message_id, Message.references)
+def latest_customer_message(ticket_id: int, *columns: Any) -> Select[Any]:
+    """`columns` of the customer's latest mail on the ticket."""
+    return (
+        select(*columns)
         .where(
             Message.ticket_id == ticket_id,
             Message.direction == Direction.IN,
@@ -151,6 +123,12 @@ def last_customer_mail(conn: Connection, ticket_id: int) -> tuple[str, tuple[str
         )
         .order_by(Message.id.desc())
         .limit(1)
+    )
+
+
+def last_customer_mail(conn: Connection, ticket_id: int) -> tuple[str, tuple[str, ...]] | None:
+    row = conn.execute(
+        latest_customer_message(ticket_id, Message.message_id, Message.references)
     ).first()
     return (row.message_id, tuple(row.references or ())) if row else None
 

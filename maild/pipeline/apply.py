@@ -262,13 +262,37 @@ def _store_message(
     now: datetime,
 ) -> int:
     automatic = mail_class in (MailClass.AUTO_REPLY, MailClass.BOUNCE)
+    return store_incoming(
+        conn,
+        ticket_id,
+        mail,
+        kind=MessageKind.AUTO_REPLY if automatic else MessageKind.CUSTOMER,
+        mail_class=mail_class,
+        text_stripped=mail.text_stripped,
+        spool_id=spool_id,
+        now=now,
+    )
+
+
+def store_incoming(
+    conn: Connection,
+    ticket_id: int,
+    mail: ParsedMail,
+    *,
+    kind: MessageKind,
+    mail_class: MailClass,
+    text_stripped: str,
+    spool_id: int,
+    now: datetime,
+) -> int:
+    """An incoming mail as a message of the ticket, with its attachments; returns its row id."""
     message_id: int = conn.execute(
         _INSERT_MESSAGE,
         {
             "ticket_id": ticket_id,
             "spool_id": spool_id,
             "direction": Direction.IN,
-            "kind": MessageKind.AUTO_REPLY if automatic else MessageKind.CUSTOMER,
+            "kind": kind,
             "mail_class": mail_class,
             "message_id": mail.message_id[:_MESSAGE_ID_LIMIT],
             "body_hash": mail.body_hash,
@@ -281,7 +305,7 @@ def _store_message(
             "subject": mail.subject,
             "date": mail.date,
             "text": mail.text,
-            "text_stripped": mail.text_stripped,
+            "text_stripped": text_stripped,
             "html": mail.html,
             "created_at": now,
         },
