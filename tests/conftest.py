@@ -35,7 +35,9 @@ PG_ADMIN_URL = os.environ.get(
     "MAILD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REPO = Path(__file__).resolve().parents[1]
-CORPUS_DEV = REPO.parent / "shared" / "corpus-dev"
+# Third-party sample mail lives beside the project, not in it (../shared/corpus-dev);
+# MAILD_CORPUS_DIR points elsewhere, e.g. for a checkout in another place.
+CORPUS_DEV = Path(os.environ.get("MAILD_CORPUS_DIR") or REPO.parent / "shared" / "corpus-dev")
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
@@ -46,6 +48,16 @@ def _restore_maild_logger() -> Iterator[None]:
     saved = (logger.handlers[:], logger.level, logger.propagate)
     yield
     logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
+def need_corpus(path: Path) -> None:
+    """Skip when the sample corpus is not beside this checkout at all (it is data outside
+    the repository, not a service); fail when the corpus is there but lacks `path`."""
+    if path.exists():
+        return
+    if not CORPUS_DEV.is_dir():
+        pytest.skip(f"sample corpus not found at {CORPUS_DEV}: set MAILD_CORPUS_DIR")
+    pytest.fail(f"corpus fixture missing: {path}")
 
 
 def need(condition: bool, why: str) -> None:

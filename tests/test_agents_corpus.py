@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from maild.types import Envelope, SpoolState
-from tests.conftest import CORPUS_DEV, AppFactory, deliver, make_mail, need
+from tests.conftest import CORPUS_DEV, AppFactory, deliver, make_mail, need_corpus
 from tests.test_agents import (
     ALICE,
     ANNA,
@@ -61,7 +61,7 @@ def test_relayed_reply_has_no_quoted_history(
     make_app: AppFactory, tmp_path: Path, name: str, kept: str, dropped: str
 ) -> None:
     path = CORPUS_DEV / name
-    need(path.is_file(), f"corpus fixture missing: {path}")
+    need_corpus(path)
     text = relay(make_app, tmp_path, path.read_text(encoding="utf-8"))
     assert kept in text
     assert dropped not in text
@@ -74,7 +74,7 @@ def test_signature_is_kept_unless_configured(
     make_app: AppFactory, tmp_path: Path, keep: bool
 ) -> None:
     path = CORPUS_DEV / "reply-github" / "email_BlackBerry.txt"
-    need(path.is_file(), f"corpus fixture missing: {path}")
+    need_corpus(path)
     text = relay(make_app, tmp_path, path.read_text(encoding="utf-8"), keep_signature=keep)
     assert "Here is another email" in text
     assert ("Sent from my BlackBerry" in text) is keep

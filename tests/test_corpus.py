@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 
 from maild.cli import EX_OK, main
 from maild.receive.ingest import read_inputs
-from tests.conftest import CORPUS_DEV, need
+from tests.conftest import CORPUS_DEV, need, need_corpus
 
 # Not mails: expected results and documentation beside the mails.
 _NOT_MAIL_SUFFIXES = {".yml", ".tsv"}
@@ -50,7 +50,7 @@ def corpus_files() -> list[Path]:
 
 
 def test_every_real_world_mail_has_an_outcome(tmp_path: Path, db_url: str) -> None:
-    need(CORPUS_DEV.is_dir(), f"corpus not found at {CORPUS_DEV}")
+    need_corpus(CORPUS_DEV)
     need(_cpython_email_data() is not None, "CPython's test/test_email/data is not installed")
     files = corpus_files()
     distinct = {hashlib.sha256(p.read_bytes()).hexdigest() for p in files}

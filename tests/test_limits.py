@@ -21,7 +21,7 @@ from maild.pipeline.limits import DEFAULT_LIMITS, MailLimits
 from maild.pipeline.parse import parse
 from maild.pipeline.parse_ahead import ParseAhead
 from maild.types import SpoolState
-from tests.conftest import CORPUS_DEV, AppFactory, deliver, make_mail, need
+from tests.conftest import CORPUS_DEV, AppFactory, deliver, make_mail, need_corpus
 
 HEAD = (
     b"From: Alice <alice@customer.example>\r\nTo: support@example.com\r\n"
@@ -156,7 +156,7 @@ def test_the_limit_reason_is_kept_on_the_spool_row(make_app: AppFactory) -> None
 
 def test_defaults_let_the_whole_dev_corpus_through() -> None:
     """The defaults are far above real mail: no corpus mail is past one (parse only)."""
-    need(CORPUS_DEV.is_dir(), f"dev corpus at {CORPUS_DEV}")
+    need_corpus(CORPUS_DEV)
     seen = 0
     for path in sorted(CORPUS_DEV.rglob("*")):
         if not path.is_file() or path.suffix in (".tsv", ".txt", ".md"):

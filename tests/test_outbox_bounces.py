@@ -20,7 +20,7 @@ from maild.db.models import BouncingAddress, Event, Message, Outbox, Ticket
 from maild.pipeline.classify import classify
 from maild.pipeline.parse import parse
 from maild.types import Envelope, MailClass, SpoolState
-from tests.conftest import CORPUS_DEV, AppFactory, deliver, make_mail, need
+from tests.conftest import CORPUS_DEV, AppFactory, deliver, make_mail, need_corpus
 from tests.test_outbox import (
     ALICE,
     SUPPORT,
@@ -48,7 +48,7 @@ def sink() -> Iterator[Sink]:
 
 def sisimai_labels() -> dict[str, str]:
     """File name -> sisimai's reason (one row per bounced recipient; one file may repeat)."""
-    need(SISIMAI.is_dir(), f"corpus not found at {SISIMAI}")
+    need_corpus(SISIMAI)
     with (SISIMAI / "labels.tsv").open(newline="") as handle:
         return {row["file"]: row["reason"] for row in csv.DictReader(handle, delimiter="\t")}
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import random
 import re
 import time
@@ -19,9 +18,10 @@ from maild.pipeline.limits import DEFAULT_LIMITS
 from maild.pipeline.parse import parse
 from maild.pipeline.text import decode_text, html_to_text, strip_reply
 from maild.types import Address, ParsedMail
+from tests.conftest import CORPUS_DEV, need_corpus
 
 DATA = Path(__file__).parent / "data" / "parse"
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus-dev"
+CORPUS = CORPUS_DEV
 HU = "árvíztűrő tükörfúrógép"
 
 
@@ -542,10 +542,7 @@ NOT_MAILS = {"SOURCE.txt", "README.txt", "MANIFEST.tsv", "labels.tsv", ".gitattr
 
 
 def corpus_files() -> list[Path]:
-    if not CORPUS.is_dir():
-        if os.environ.get("MAILD_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"corpus missing: {CORPUS}")
-        pytest.skip(f"corpus not present at {CORPUS}")
+    need_corpus(CORPUS)
     return sorted(
         path
         for path in CORPUS.rglob("*")

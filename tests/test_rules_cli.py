@@ -4,7 +4,6 @@ where it went; on our own mails and on the shared real-world corpus."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,17 @@ from maild.pipeline.parse import parse
 from maild.rules import load_rules
 from maild.rules.cli import test as rules_test
 from maild.types import Envelope
-from tests.conftest import make_mail
+from tests.conftest import CORPUS_DEV, make_mail, need_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "rules"
 DATA = REPO / "tests" / "data" / "rules"
-CORPUS = REPO.parent / "shared" / "corpus-dev"
-REQUIRE_SERVICES = os.environ.get("MAILD_REQUIRE_SERVICES") == "1"
+CORPUS = CORPUS_DEV
 
 
 def corpus_file(relative: str) -> bytes:
     path = CORPUS / relative
-    if not path.is_file():
-        if REQUIRE_SERVICES:
-            pytest.fail(f"required by MAILD_REQUIRE_SERVICES=1: {path} is missing")
-        pytest.skip(f"{path} is missing")
+    need_corpus(path)
     return path.read_bytes()
 
 
