@@ -1,4 +1,4 @@
-"""A throwaway Dovecot on a free loopback port, per /work/shared/TESTING-SERVICES.md.
+"""A throwaway Dovecot on a free loopback port, per ../shared/TESTING-SERVICES.md.
 
 One user, `support` / `secret`, with Maildir mail in a temporary directory. `capability`
 replaces the capabilities advertised after login (Dovecot's `imap_capability`), which is
