@@ -113,9 +113,10 @@ class SlaTracker:
         self._policies = policies
 
     def on_ticket_created(self, conn: Connection, ticket_id: int, now: datetime) -> None:
-        if not self._policies().policies:
-            return  # a new ticket has no clocks to clear, and no policy would start one
-        self.refresh(conn, ticket_id, now)
+        policies = self._policies()
+        # Without policies nothing starts, and a new ticket has no clocks to clear.
+        if policies.policies:
+            self.refresh(conn, ticket_id, now, policies=policies)
 
     def on_customer_reply(self, conn: Connection, ticket_id: int, now: datetime) -> None:
         """A customer's mail joined the ticket: next response re-arms; a resolved ticket
@@ -153,10 +154,11 @@ class SlaTracker:
         *,
         customer_replied: bool = False,
         agent_replied: bool = False,
+        policies: PolicySet | None = None,
     ) -> Clocks:
         """Bring the ticket's clocks and `next_sla_check_at` up to date; returns the clocks."""
         row = conn.execute(_ONE_TICKET, {"ticket_id": ticket_id}).one()
-        policies = self._policies()
+        policies = self._policies() if policies is None else policies
         policy = policies.choose(row.sla_policy, facts_of(row))
         before = clocks_of(row)
         if policy is None and before.applied is None and row.next_sla_check_at is None:

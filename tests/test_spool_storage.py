@@ -1,0 +1,63 @@
+"""The SQLite writer lock and the worker's batched peek at pending mail."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from maild import spool
+from maild.app import App
+from maild.db.session import Database
+from maild.types import Envelope
+from tests.conftest import make_mail
+
+
+def test_a_waiting_writer_outlasts_sqlites_busy_timeout_on_the_lock_file(tmp_path: Path) -> None:
+    # A busy timeout this short makes a writer that relied on SQLite's own polling fail
+    # with "database is locked" while the first transaction is still open.
+    db = Database(f"sqlite:///{tmp_path / 'maild.db'}", busy_timeout_ms=50)
+    holding = threading.Event()
+    release = threading.Event()
+    second: list[object] = []
+
+    def first_writer() -> None:
+        with db.transaction():
+            holding.set()
+            release.wait(30)
+
+    def second_writer() -> None:
+        try:
+            with db.transaction():
+                second.append("committed")
+        except Exception as exc:  # recorded: the assertion below says what went wrong
+            second.append(exc)
+
+    first = threading.Thread(target=first_writer)
+    first.start()
+    assert holding.wait(30)
+    waiting = threading.Thread(target=second_writer)
+    waiting.start()
+    waiting.join(0.5)  # ten busy timeouts: without the file lock it has failed by now
+    assert second == [] and waiting.is_alive()
+    release.set()
+    first.join(30)
+    waiting.join(30)
+    assert second == ["committed"]
+    assert (tmp_path / "maild.db.lock").exists()
+    db.dispose()
+
+
+def test_peek_many_takes_the_oldest_pending_within_count_and_bytes(app: App) -> None:
+    raws = [make_mail(message_id=f"<p{n}@customer.example>") for n in range(5)]
+    ids = spool.put_many(app.db, [(raw, Envelope()) for raw in raws], "test", app.clock.now())
+
+    assert [p.id for p in spool.peek_many(app.db, after_id=0, limit=3, max_bytes=1 << 20)] == (
+        ids[:3]
+    )
+    assert [p.id for p in spool.peek_many(app.db, after_id=ids[2], limit=9, max_bytes=1 << 20)] == (
+        ids[3:]
+    )
+    # Past the first mail, the byte bound stops the batch; the first always comes.
+    alone = spool.peek_many(app.db, after_id=0, limit=9, max_bytes=1)
+    assert [(p.id, p.raw) for p in alone] == [(ids[0], raws[0])]
+    assert spool.peek_many(app.db, after_id=ids[-1], limit=9, max_bytes=1 << 20) == []
