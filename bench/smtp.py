@@ -71,11 +71,14 @@ DEFAULT_OUT = BENCH_DIR / "out" / "smtp.json"
 
 # The sink: a separate process, so it does not share this process's GIL. It writes each
 # mail's bytes as received (original_content, like maild) to its own file, with no
-# fsync, then answers 250; it stops on SIGTERM. Same size limit and SMTPUTF8 as maild.
+# fsync (the baseline the targets are against) or, as a reference only, with an fsync
+# of the file before the 250 as an MTA that keeps its promise does (maild commits to
+# the disk before its 250); it stops on SIGTERM. Same size limit and SMTPUTF8 as maild.
 _SINK = r"""
 import itertools, os, signal, sys, threading
 from aiosmtpd.controller import Controller
 directory, port, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+durable = sys.argv[4] == "1"
 numbers = itertools.count(1)
 
 class Handler:
@@ -83,6 +86,9 @@ class Handler:
         path = os.path.join(directory, "%06d.eml" % next(numbers))
         with open(path, "wb") as f:
             f.write(envelope.original_content)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         return "250 OK"
 
 controller = Controller(Handler(), hostname="127.0.0.1", port=port,
@@ -352,16 +358,25 @@ def latency_summary(sent: Sent) -> dict[str, Any]:
 
 
 def run_sink(
-    run_dir: Path, mails: list[Mail], clients: int, reuse: bool, timeout: float
+    run_dir: Path, mails: list[Mail], clients: int, reuse: bool, timeout: float, durable: bool
 ) -> dict[str, Any]:
     out_dir = run_dir / "mails"
     out_dir.mkdir(parents=True)
     log = run_dir / "sink.log"
     port = free_port()
-    res: dict[str, Any] = {"target": "sink", "clients": clients, "port": port}
+    target = "sink_fsync" if durable else "sink"
+    res: dict[str, Any] = {"target": target, "clients": clients, "port": port}
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
-            [sys.executable, "-c", _SINK, str(out_dir), str(port), str(MAX_SIZE)],
+            [
+                sys.executable,
+                "-c",
+                _SINK,
+                str(out_dir),
+                str(port),
+                str(MAX_SIZE),
+                str(int(durable)),
+            ],
             stdout=logf,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -696,11 +711,13 @@ def print_table(rows: list[dict[str, Any]], result: dict[str, Any]) -> None:
     print(head)
     print("-" * len(head))
     for row in rows:
-        for key in ("sink", "maild"):
+        for key in ("sink", "sink_fsync", "maild"):
             r = row[key]
             lat = r.get("latency", {})
-            name = "(a) sink" if key == "sink" else f"(b) maild w={row['workers']}"
-            accept = r.get("messages_per_s") if key == "sink" else r.get("accept_messages_per_s")
+            name = {"sink": "(a) sink", "sink_fsync": "    sink+fsync"}.get(
+                key, f"(b) maild w={row['workers']}"
+            )
+            accept = r.get("messages_per_s") if key != "maild" else r.get("accept_messages_per_s")
             load = (r.get("loadavg_before") or [None])[0]
             status = r.get("status", "?")
             if r.get("error"):
@@ -722,6 +739,15 @@ def print_table(rows: list[dict[str, Any]], result: dict[str, Any]) -> None:
         f"latency: from sending MAIL FROM to the final 250 after DATA, mails <= "
         f"{SMALL_LIMIT // 1024} KiB. p99 x = maild p99 / sink p99. cpu s = server process "
         "tree CPU during the send."
+    )
+    print(
+        "sink+fsync (reference, no target): the sink with an fsync before each 250. "
+        "maild vs it, ratio / p99 x: "
+        + ", ".join(
+            f"{row['clients']}c w={row['workers']}: {_f(row.get('ratio_vs_fsync_sink'), '{:.2f}')}"
+            f" / {_f(row.get('p99_factor_vs_fsync_sink'), '{:.2f}')}"
+            for row in rows
+        )
     )
     print()
     for c in result["checks"]:
@@ -813,8 +839,10 @@ def main(argv: list[str] | None = None) -> int:
             label = f"{clients} clients, workers={workers}"
             print(f"[{i + 1}/{len(plan)}] {label}: sink ...", end=" ", flush=True)
             run_dir = Path(tempfile.mkdtemp(prefix=f"run-{clients}c-{workers}w-", dir=work))
-            sink = run_sink(run_dir / "sink", mails, clients, reuse, args.timeout)
-            print(f"{_f(sink.get('messages_per_s'))} msgs/s; maild ...", end=" ", flush=True)
+            sink = run_sink(run_dir / "sink", mails, clients, reuse, args.timeout, False)
+            print(f"{_f(sink.get('messages_per_s'))} msgs/s; fsync sink ...", end=" ", flush=True)
+            sink_fsync = run_sink(run_dir / "sink-fsync", mails, clients, reuse, args.timeout, True)
+            print(f"{_f(sink_fsync.get('messages_per_s'))} msgs/s; maild ...", end=" ", flush=True)
             mdl = run_maild(
                 exe,
                 run_dir / "maild",
@@ -831,6 +859,7 @@ def main(argv: list[str] | None = None) -> int:
                 "clients": clients,
                 "workers": workers,
                 "sink": sink,
+                "sink_fsync": sink_fsync,
                 "maild": mdl,
             }
             a, b = sink.get("messages_per_s"), mdl.get("messages_per_s")
@@ -838,6 +867,10 @@ def main(argv: list[str] | None = None) -> int:
             pa = sink.get("latency", {}).get("p99_ms")
             pb = mdl.get("latency", {}).get("p99_ms")
             row["p99_factor"] = round(pb / pa, 2) if pa and pb else None
+            # Reference only (no target): the same against the sink that fsyncs.
+            af, pf = sink_fsync.get("messages_per_s"), sink_fsync.get("latency", {}).get("p99_ms")
+            row["ratio_vs_fsync_sink"] = round(b / af, 3) if af and b else None
+            row["p99_factor_vs_fsync_sink"] = round(pb / pf, 2) if pf and pb else None
             rows.append(row)
             if not args.workdir:
                 shutil.rmtree(run_dir, ignore_errors=True)

@@ -43,6 +43,7 @@ class App:
         self.db = Database(
             self.settings.database.url,
             busy_timeout_ms=self.settings.database.sqlite_busy_timeout_ms,
+            connect_timeout=self.settings.database.connect_timeout,
         )
         self.numbering = Numbering(self.settings.tickets)
         self._rules: RuleHolder | None = None

@@ -37,6 +37,9 @@ class DatabaseSettings(_Section):
     url: str = "sqlite:///maild.db"
     # SQLite waits this long for a competing writer before giving up (ms).
     sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
+    # PostgreSQL: give up on a connection attempt after this many seconds (the mail is
+    # then refused with 451 and retried by its sender).
+    connect_timeout: int = Field(default=10, ge=1)
 
 
 class TicketSettings(_Section):
@@ -85,6 +88,10 @@ class MailSettings(_Section):
     max_attachment_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     # Bytes per line, its line end included (RFC 5321 allows 1000; mailers exceed it).
     max_line_length: int = Field(default=1024 * 1024, gt=0)
+    # Wall-clock seconds one mail may spend being parsed before it is quarantined with
+    # reason "timeout" (0: no bound). Real mail at max_message_size parses in a few
+    # seconds; this stops input built to make the parser crawl.
+    max_parse_seconds: float = Field(default=30.0, ge=0)
 
     @field_validator("support_addresses", "support_domains")
     @classmethod

@@ -19,6 +19,8 @@ from maild.app import App
 from maild.health import HealthServer, Metrics, spool_status
 from maild.logs import event
 from maild.outbox.send import Sender, SenderThread
+from maild.pipeline.limits import MailLimits
+from maild.pipeline.parse_ahead import ParseAhead
 from maild.pipeline.process import Outcome
 from maild.receive.backpressure import Backpressure
 from maild.receive.group_commit import GroupCommit
@@ -29,7 +31,7 @@ from maild.roles import ROLES, Roles
 from maild.scheduler import Scheduler
 from maild.sla.service import SweepThread, build_sweeper
 from maild.types import Envelope
-from maild.worker import Counter, Flag, Generation, process_main, work
+from maild.worker import Ahead, Counter, Flag, Generation, process_main, work
 
 log = logging.getLogger("maild.daemon")
 
@@ -45,6 +47,7 @@ class _Workers:
     stop: Flag = field(init=False)
     _processes: list[Any] = field(default_factory=list)
     _threads: list[threading.Thread] = field(default_factory=list)
+    _ahead: Ahead | None = None
 
     def __post_init__(self) -> None:
         if self.count == 0:
@@ -77,6 +80,11 @@ class _Workers:
 
     def start(self) -> None:
         if not self._processes:
+            # A thread cannot be interrupted, so its parsing (with the time bound) is
+            # done in parse-ahead processes, on either database.
+            self._ahead = Ahead(
+                self.app.db, ParseAhead(limits=MailLimits.of(self.app.settings.mail))
+            )
             thread = threading.Thread(
                 target=work,
                 args=(
@@ -86,7 +94,7 @@ class _Workers:
                     self._record,
                     self.app.settings.daemon.poll_interval,
                 ),
-                kwargs={"rules": (self.rules_generation, self.app.rules)},
+                kwargs={"rules": (self.rules_generation, self.app.rules), "ahead": self._ahead},
                 name="maild-worker",
             )
             thread.start()
@@ -119,6 +127,8 @@ class _Workers:
         self.wake.set()
         for thread in self._threads:
             thread.join()
+        if self._ahead is not None:
+            self._ahead.parser.close()
         for process in self._processes:
             process.join()
         if self._processes:

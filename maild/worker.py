@@ -24,6 +24,7 @@ from maild.config import Settings
 from maild.db.session import Database
 from maild.errors import TemporaryFailure
 from maild.logs import event
+from maild.pipeline.limits import MailLimits
 from maild.pipeline.parse_ahead import ParseAhead
 from maild.pipeline.process import Outcome, Parsed, Processor
 from maild.rules import RuleHolder
@@ -31,6 +32,10 @@ from maild.rules import RuleHolder
 log = logging.getLogger("maild.worker")
 
 Report = Callable[[Outcome, float], None]
+
+# Longest pause between two attempts to reach a database that is away: also the longest
+# a worker may lag behind the database's return.
+_MAX_BACKOFF = 5.0
 
 
 class Generation(Protocol):
@@ -71,6 +76,7 @@ def work(
     `ahead`: parse the next mails in other processes while this one files the current.
     """
     backoff = poll_interval
+    down_since: float | None = None
     seen = rules[0].value if rules else 0
     event(log, "worker started")
     while not stop.is_set() and alive():
@@ -83,12 +89,23 @@ def work(
                 _drain(processor, stop, report)
             else:
                 _drain_parsing_ahead(processor, ahead, stop, report)
-            backoff = poll_interval
         except TemporaryFailure as exc:
-            event(log, "database unavailable", logging.WARNING, error=str(exc), retry_in=backoff)
-            wake.wait(backoff)
-            backoff = min(backoff * 2, 60.0)
+            if down_since is None:
+                down_since = time.monotonic()
+                event(log, "database unavailable", logging.WARNING, error=str(exc))
+            # Not `wake`: the poll timer and the listener set it all the time, and with
+            # the database away there is nothing they could have brought.
+            stop.wait(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF)
             continue
+        if down_since is not None:
+            event(
+                log,
+                "database available again",
+                down_seconds=round(time.monotonic() - down_since, 1),
+            )
+            down_since = None
+            backoff = poll_interval
         wake.wait(poll_interval)
 
 
@@ -110,7 +127,8 @@ class Ahead:
     On SQLite a worker's database work and its parsing otherwise take turns on one core
     while the other idles; parsing the next batch elsewhere overlaps them, as `maild
     ingest` does. (On PostgreSQL, instances and workers peeking at the same pending rows
-    would parse them twice; there, more workers are the way to use more cores.)
+    would parse them twice; there, more workers are the way to use more cores. The
+    daemon's thread worker uses it on both: a thread cannot cut a slow parse short.)
     """
 
     db: Database
@@ -161,7 +179,8 @@ def process_main(
     logs.configure(settings.logging.format, settings.logging.level)
     app = App(settings)
     parent = multiprocessing.parent_process()
-    ahead = None if app.db.is_postgres else Ahead(app.db, ParseAhead())
+    limits = MailLimits.of(settings.mail)
+    ahead = None if app.db.is_postgres else Ahead(app.db, ParseAhead(limits=limits))
     try:
         work(
             app.processor,

@@ -29,6 +29,7 @@ from maild.db import migrate
 from maild.db.models import Base
 from maild.pipeline.process import Outcome
 from maild.types import Envelope
+from tests.daemon import Daemon
 
 REQUIRE_SERVICES = os.environ.get("MAILD_REQUIRE_SERVICES") == "1"
 PG_ADMIN_URL = os.environ.get(
@@ -134,6 +135,15 @@ def make_app(db_url: str, clock: FixedClock) -> Iterator[AppFactory]:
 @pytest.fixture
 def app(make_app: AppFactory) -> App:
     return make_app()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """`maild run` subprocesses a test started; stopped (killed if need be) after it."""
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.stop_quietly()
 
 
 def deliver(app: App, raw: bytes, envelope: Envelope | None = None) -> Outcome:

@@ -115,14 +115,6 @@ def test_marks_are_validated() -> None:
         parse_settings({"daemon": {"spool_high_mark": 100, "spool_low_mark": 100}}, source="<test>")
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.stop_quietly()
-
-
 def _get(port: int, path: str) -> bytes:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
         body: bytes = response.read()

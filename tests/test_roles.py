@@ -7,7 +7,6 @@ in the database and by the events it never logs.
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Iterator
 from email import message_from_bytes
 from email.policy import default
 from pathlib import Path
@@ -29,14 +28,6 @@ from tests.test_smtp import export, message_ids
 
 # Several instances on one database is a PostgreSQL setup (SKIP LOCKED claims).
 postgres_only = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.stop_quietly()
 
 
 def start(daemons: list[Daemon], config: DaemonConfig, cwd: Path, *args: str) -> Daemon:

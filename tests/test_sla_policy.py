@@ -5,7 +5,6 @@ from __future__ import annotations
 import email
 import json
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.policy import default
 from pathlib import Path
@@ -161,14 +160,6 @@ def test_the_shipped_policies_load() -> None:
     standard = shipped.policies["standard"]
     assert standard.calendar.timezone == "Europe/Budapest"
     assert [s.name for s in standard.stages][:2] == ["remind", "breach"]
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.stop_quietly()
 
 
 def test_the_daemon_sweeps_on_its_interval(

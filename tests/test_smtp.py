@@ -12,7 +12,6 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +22,6 @@ from sqlalchemy import create_engine, text
 
 from tests.conftest import make_mail
 from tests.daemon import MAILD, Daemon, write_config
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.stop_quietly()
 
 
 def start(daemons: list[Daemon], tmp_path: Path, db_url: str, **sections: Any) -> Daemon:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from pathlib import Path
+
+from sqlalchemy import text
 
 from maild import spool
 from maild.app import App
 from maild.db.session import Database
+from maild.errors import TemporaryFailure
 from maild.types import Envelope
 from tests.conftest import make_mail
 
@@ -61,3 +65,29 @@ def test_peek_many_takes_the_oldest_pending_within_count_and_bytes(app: App) -> 
     alone = spool.peek_many(app.db, after_id=0, limit=9, max_bytes=1)
     assert [(p.id, p.raw) for p in alone] == [(ids[0], raws[0])]
     assert spool.peek_many(app.db, after_id=ids[-1], limit=9, max_bytes=1 << 20) == []
+
+
+def test_a_postgresql_host_that_never_answers_is_a_temporary_failure() -> None:
+    """A server that takes the TCP connection and then says nothing (a hung host, a
+    black-holing firewall) must not hold a transaction, and the SMTP session behind it,
+    for the system's TCP timeout: `[database] connect_timeout` turns it into a 451."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever answers
+        port = silent.getsockname()[1]
+        db = Database(f"postgresql+psycopg://maild@127.0.0.1:{port}/maild", connect_timeout=1)
+        outcome: list[BaseException | str] = []
+
+        def attempt() -> None:
+            try:
+                with db.transaction() as session:
+                    session.execute(text("SELECT 1"))
+                    outcome.append("connected")
+            except BaseException as exc:  # recorded: asserted below
+                outcome.append(exc)
+
+        trying = threading.Thread(target=attempt, daemon=True)
+        trying.start()
+        trying.join(60)  # without the timeout it is still waiting here
+        assert len(outcome) == 1, "the connection attempt did not give up"
+        assert isinstance(outcome[0], TemporaryFailure), outcome

@@ -16,15 +16,24 @@ from sqlalchemy.orm import Session, sessionmaker
 from maild.errors import TemporaryFailure
 
 
-def make_engine(url: str, *, busy_timeout_ms: int = 10_000, durable: bool = True) -> Engine:
+def make_engine(
+    url: str, *, busy_timeout_ms: int = 10_000, durable: bool = True, connect_timeout: int = 10
+) -> Engine:
     """An engine whose commits are on disk when they return (`durable`), or not quite:
     a non-durable commit may be lost to a power cut (never to a crash of maild), which
-    is fine for work the spool can replay."""
+    is fine for work the spool can replay.
+
+    `connect_timeout` (PostgreSQL): a server host that stops answering would otherwise
+    hold a connection attempt, and the SMTP session waiting on it, for the system's TCP
+    timeout (minutes) instead of failing into a prompt 451.
+    """
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
         _configure_sqlite(engine, busy_timeout_ms, durable)
         return engine
-    connect_args = {} if durable else {"options": "-c synchronous_commit=off"}
+    connect_args: dict[str, Any] = {"connect_timeout": connect_timeout}
+    if not durable:
+        connect_args["options"] = "-c synchronous_commit=off"
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
@@ -99,9 +108,15 @@ class Database:
     """Two engines on one database — durable commits for what we acknowledge, replayable
     ones for what the spool can redo — and `transaction()`, the unit of work."""
 
-    def __init__(self, url: str, *, busy_timeout_ms: int = 10_000) -> None:
-        self.engine = make_engine(url, busy_timeout_ms=busy_timeout_ms)
-        self._replayable_engine = make_engine(url, busy_timeout_ms=busy_timeout_ms, durable=False)
+    def __init__(
+        self, url: str, *, busy_timeout_ms: int = 10_000, connect_timeout: int = 10
+    ) -> None:
+        self.engine = make_engine(
+            url, busy_timeout_ms=busy_timeout_ms, connect_timeout=connect_timeout
+        )
+        self._replayable_engine = make_engine(
+            url, busy_timeout_ms=busy_timeout_ms, durable=False, connect_timeout=connect_timeout
+        )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._replayable = sessionmaker(self._replayable_engine, expire_on_commit=False)
         self._writer_lock = writer_lock_for(url)

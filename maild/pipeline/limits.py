@@ -24,7 +24,8 @@ STEP: Final = "parse"
 
 @dataclass(frozen=True, slots=True)
 class MailLimits:
-    """The `[mail]` limits; a plain value, so parse-ahead processes can take it along."""
+    """The `[mail]` limits and the parse time bound; a plain value, so parse-ahead
+    processes can take it along."""
 
     max_header_fields: int
     max_header_bytes: int
@@ -33,6 +34,7 @@ class MailLimits:
     max_attachments: int
     max_attachment_bytes: int
     max_line_length: int
+    max_parse_seconds: float
 
     @classmethod
     def of(cls, mail: MailSettings) -> MailLimits:
@@ -44,6 +46,7 @@ class MailLimits:
             max_attachments=mail.max_attachments,
             max_attachment_bytes=mail.max_attachment_bytes,
             max_line_length=mail.max_line_length,
+            max_parse_seconds=mail.max_parse_seconds,
         )
 
     def check_raw(self, raw: bytes) -> None:
@@ -67,8 +70,11 @@ class MailLimits:
             part, depth = stack.pop()
             parts += 1
             deepest = max(deepest, depth)
-            children = part.get_payload()
-            if isinstance(children, list):
+            # Only a container's payload: a leaf's get_payload() decodes it (a copy of
+            # the whole body, and a TypeError from the email package on an RFC 2231
+            # charset parameter).
+            if part.is_multipart():
+                children = part.get_payload()
                 stack.extend((child, depth + 1) for child in children if isinstance(child, Message))
         if deepest > self.max_mime_depth:
             _breach("MIME nesting", deepest, "levels deep", "max_mime_depth", self.max_mime_depth)

@@ -28,6 +28,7 @@ from maild.outbox.bounce import record_bounce
 from maild.outbox.queue import Acknowledger
 from maild.pipeline.apply import apply
 from maild.pipeline.classify import classify
+from maild.pipeline.deadline import ParseTimeout, deadline, timeout_quarantine
 from maild.pipeline.limits import DEFAULT_LIMITS, MailLimits
 from maild.pipeline.parse import parse
 from maild.pipeline.thread import thread
@@ -68,7 +69,10 @@ def _summary(mail: Parsed | None, raw: bytes | None) -> spool.Summary:
 def parse_or_error(raw: bytes, limits: MailLimits = DEFAULT_LIMITS) -> Parsed:
     """Parse, keeping a failure as a value so it is recorded in the claiming transaction."""
     try:
-        return parse(raw, limits)
+        with deadline(limits.max_parse_seconds):
+            return parse(raw, limits)
+    except ParseTimeout:
+        return timeout_quarantine(limits.max_parse_seconds, limits.max_parse_seconds)
     except Exception as exc:  # the orchestrator's catch-all, deferred to _run
         return exc
 
