@@ -257,13 +257,20 @@ class Sender:
 
     def run(self, wake: threading.Event, stop: threading.Event) -> None:
         """Send whenever woken (the scheduler wakes it every interval) until `stop`."""
+        database_down = False
         while not stop.is_set():
             wake.clear()
             try:
                 while not stop.is_set() and self.send_due():
                     pass
+                if database_down:
+                    database_down = False
+                    event(log, "database available again")
             except TemporaryFailure as exc:
-                event(log, "database unavailable", logging.WARNING, error=str(exc))
+                # Once per outage, not once per interval for as long as it lasts.
+                if not database_down:
+                    database_down = True
+                    event(log, "database unavailable", logging.WARNING, error=str(exc))
             except Exception:
                 # The rows stay claimed and come due again; a dead sender thread would
                 # stop all outbound mail without a sound, so log and carry on.
