@@ -323,7 +323,7 @@ def _quarantine_show(app: App, args: argparse.Namespace, out: TextIO) -> int:
         item = views.quarantine_item(entry)
         item["envelope"] = entry.envelope
         item["source"] = entry.source
-        raw = entry.raw
+        raw = spool.raw_of(session, entry.id) or b""
     for key, value in item.items():
         print(f"{key}: {value}", file=out)
     print("", file=out)

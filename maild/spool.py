@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from maild.db.models import SpoolEntry
+from maild.db.models import SpoolEntry, SpoolRaw
 from maild.db.session import Database
 from maild.types import Envelope, SpoolState
 
@@ -48,6 +48,10 @@ def put_many(
         entries = [_entry(raw, envelope, source, now) for raw, envelope in mails]
         session.add_all(entries)
         session.flush()
+        session.add_all(
+            SpoolRaw(spool_id=entry.id, raw=raw)
+            for entry, (raw, _) in zip(entries, mails, strict=True)
+        )
         return [entry.id for entry in entries]
 
 
@@ -58,11 +62,15 @@ def _entry(raw: bytes, envelope: Envelope, source: str, now: datetime) -> SpoolE
         received_at=now,
         source=source,
         envelope=asdict(envelope),
-        raw=raw,
         size=len(raw),
         state=SpoolState.PENDING,
         attempts=0,
     )
+
+
+def raw_of(conn: Connection | Session, spool_id: int) -> bytes | None:
+    """The bytes of one spooled mail, as received."""
+    return conn.scalar(select(SpoolRaw.raw).where(SpoolRaw.spool_id == spool_id))
 
 
 class Claimed(NamedTuple):
@@ -86,15 +94,15 @@ def claim(conn: Connection, spool_id: int, *, with_raw: bool = True) -> Claimed 
 def _claim_query(where: ColumnElement[bool], with_raw: bool, lock: bool) -> Select[Any]:
     columns: list[Any] = [SpoolEntry.id, SpoolEntry.envelope]
     if with_raw:
-        columns.append(SpoolEntry.raw)
+        columns.append(SpoolRaw.raw)
+    query = select(*columns)
+    if with_raw:
+        query = query.join(SpoolRaw, SpoolRaw.spool_id == SpoolEntry.id)
     query = (
-        select(*columns)
-        .where(SpoolEntry.state == SpoolState.PENDING, where)
-        .order_by(SpoolEntry.id)
-        .limit(1)
+        query.where(SpoolEntry.state == SpoolState.PENDING, where).order_by(SpoolEntry.id).limit(1)
     )
     # SKIP LOCKED: several instances never take the same mail (PostgreSQL only).
-    return query.with_for_update(skip_locked=True) if lock else query
+    return query.with_for_update(of=SpoolEntry, skip_locked=True) if lock else query
 
 
 # Built once per shape; claiming runs for every mail.
@@ -241,8 +249,10 @@ class Peeked(NamedTuple):
 
 def peek(db: Database, *, spool_id: int | None = None, after_id: int = 0) -> Peeked | None:
     """A pending mail (that id, or the oldest after `after_id`), read without claiming it."""
-    query = select(SpoolEntry.id, SpoolEntry.raw).where(
-        SpoolEntry.state == SpoolState.PENDING, SpoolEntry.id > after_id
+    query = (
+        select(SpoolEntry.id, SpoolRaw.raw)
+        .join(SpoolRaw, SpoolRaw.spool_id == SpoolEntry.id)
+        .where(SpoolEntry.state == SpoolState.PENDING, SpoolEntry.id > after_id)
     )
     if spool_id is not None:
         query = query.where(SpoolEntry.id == spool_id)
@@ -271,7 +281,8 @@ def peek_many(db: Database, *, after_id: int, limit: int, max_bytes: int) -> lis
         if not chosen:
             return []
         rows = session.execute(
-            select(SpoolEntry.id, SpoolEntry.raw)
+            select(SpoolEntry.id, SpoolRaw.raw)
+            .join(SpoolRaw, SpoolRaw.spool_id == SpoolEntry.id)
             .where(SpoolEntry.id.in_(chosen), SpoolEntry.state == SpoolState.PENDING)
             .order_by(SpoolEntry.id)
         ).all()

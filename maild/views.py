@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, defer, selectinload
+from sqlalchemy.orm import Session, selectinload
 
 from maild.db import queries
 from maild.db.models import Event, Message, SpoolEntry, Ticket
@@ -128,12 +128,7 @@ def quarantine_item(entry: SpoolEntry) -> dict[str, Any]:
 
 def list_quarantine(session: Session, include_ignored: bool) -> list[dict[str, Any]]:
     states = [SpoolState.QUARANTINED] + ([SpoolState.IGNORED] if include_ignored else [])
-    query = (
-        select(SpoolEntry)
-        .where(SpoolEntry.state.in_(states))
-        .order_by(SpoolEntry.id)
-        .options(defer(SpoolEntry.raw))
-    )
+    query = select(SpoolEntry).where(SpoolEntry.state.in_(states)).order_by(SpoolEntry.id)
     return [quarantine_item(e) for e in session.scalars(query)]
 
 

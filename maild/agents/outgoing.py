@@ -16,10 +16,10 @@ from email.policy import SMTP
 from email.policy import default as default_policy
 from email.utils import format_datetime
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, insert
 
+from maild import spool
 from maild.config import Settings
-from maild.db.models import SpoolEntry
 from maild.outbox.compose import LOOP_HEADER
 from maild.outbox.tables import MESSAGE, OUTBOX
 from maild.pipeline.parse import attachment_filename
@@ -173,7 +173,7 @@ def queue(
 def attachments_of(conn: Connection, spool_id: int, limit: int) -> tuple[FileData, ...]:
     """The named, non-inline attachments of a spooled mail, while their total stays
     within `limit` bytes (the rest are left out; the ticket keeps their names)."""
-    raw = conn.scalar(select(SpoolEntry.raw).where(SpoolEntry.id == spool_id))
+    raw = spool.raw_of(conn, spool_id)
     if raw is None:
         return ()
     found: list[FileData] = []

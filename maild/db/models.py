@@ -24,7 +24,8 @@ BigIntId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class SpoolEntry(Base):
-    """A raw mail exactly as received, with its envelope. Never deleted by processing."""
+    """A mail as received: its envelope and state here, its bytes in SpoolRaw. Never
+    deleted by processing."""
 
     __tablename__ = "spool"
 
@@ -32,7 +33,6 @@ class SpoolEntry(Base):
     received_at: Mapped[datetime]
     source: Mapped[str] = mapped_column(String(32))
     envelope: Mapped[dict[str, Any]]
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
     size: Mapped[int]
     state: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(default=0)
@@ -45,6 +45,20 @@ class SpoolEntry(Base):
     header_message_id: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_spool_state_id", "state", "id"),)
+
+
+class SpoolRaw(Base):
+    """The bytes of a spooled mail, exactly as received, in a row of their own.
+
+    SQLite rewrites a whole row, overflow pages and all, when an UPDATE changes its size,
+    as marking a mail processed does: with the bytes in the spool row every mail was
+    written twice (once when spooled, again when processed).
+    """
+
+    __tablename__ = "spool_raw"
+
+    spool_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("spool.id"), primary_key=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Contact(Base):

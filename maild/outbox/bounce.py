@@ -18,7 +18,7 @@ from email.policy import compat32
 from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from maild.db.models import SpoolEntry
+from maild import spool
 from maild.outbox.tables import BOUNCING, OUTBOX
 from maild.pipeline.apply import EventRow, record_events
 
@@ -102,7 +102,7 @@ def record_bounce(
     and say so (the reason the spool row is kept as ignored); None when it is about no
     mail of ours. A failure marks the row bounced and the address bouncing for
     `suppress_for` seconds; a delay notice changes nothing but the ticket's history."""
-    raw = conn.scalar(select(SpoolEntry.raw).where(SpoolEntry.id == spool_id))
+    raw = spool.raw_of(conn, spool_id)
     if raw is None:
         return None
     report = read_report(bytes(raw))
