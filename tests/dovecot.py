@@ -16,17 +16,50 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import trustme
 from imapclient import IMAPClient
 
+from tests.conftest import need
 from tests.daemon import free_port
 
 USER = "support"
 PASSWORD = "secret"
+
+
+def running_dovecot(
+    capability: str | None = None, introspection_url: str | None = None, *, tls: bool = False
+) -> Iterator[Dovecot]:
+    """A started server for a fixture to yield from; stopped and removed afterwards."""
+    need(shutil.which("dovecot") is not None, "dovecot is not installed (dovecot-imapd)")
+    # mkdtemp, not pytest's tmp_path: as root, Dovecot's mail user must traverse it.
+    root = Path(tempfile.mkdtemp(prefix="maild-dovecot-"))
+    server = Dovecot(root, capability, introspection_url, tls=tls).start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def mailbox(server: Dovecot, **overrides: Any) -> dict[str, Any]:
+    """An `[[imap]]` table for the server's one mailbox (the shortest lease maild allows)."""
+    return {
+        "name": "support",
+        "host": "127.0.0.1",
+        "port": server.port,
+        "tls": "none",
+        "allow_plaintext": True,
+        "username": USER,
+        "password": PASSWORD,
+        "address": "support@example.com",
+        "lease_seconds": 3,
+        **overrides,
+    }
 
 
 class Dovecot:

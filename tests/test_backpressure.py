@@ -4,9 +4,7 @@ until the spool drains below the low mark; shown in /healthz and /metrics."""
 from __future__ import annotations
 
 import json
-import shutil
 import smtplib
-import tempfile
 import threading
 import time
 import urllib.request
@@ -24,9 +22,9 @@ from maild.errors import ConfigError
 from maild.receive.backpressure import Backpressure
 from maild.receive.imap import make_pollers
 from maild.types import Envelope
-from tests.conftest import AppFactory, make_mail, need
+from tests.conftest import AppFactory, make_mail
 from tests.daemon import Daemon, write_config
-from tests.dovecot import PASSWORD, USER, Dovecot
+from tests.dovecot import Dovecot, mailbox, running_dovecot
 from tests.listener import running_listener
 
 BUSY = (451, b"4.3.2 System busy, try again later")
@@ -171,29 +169,11 @@ def test_the_daemon_refuses_pauses_and_reports(
 
 @pytest.fixture(scope="module")
 def dovecot() -> Iterator[Dovecot]:
-    need(shutil.which("dovecot") is not None, "dovecot is not installed (dovecot-imapd)")
-    root = Path(tempfile.mkdtemp(prefix="maild-dovecot-"))
-    server = Dovecot(root).start()
-    yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    yield from running_dovecot()
 
 
 def imap_app(make_app: AppFactory, server: Dovecot, **daemon: Any) -> App:
-    mailbox = {
-        "name": "support",
-        "host": "127.0.0.1",
-        "port": server.port,
-        "tls": "none",
-        "allow_plaintext": True,
-        "username": USER,
-        "password": PASSWORD,
-        "address": "support@example.com",
-        "batch_size": 2,
-        "poll_interval": 0.2,
-        "lease_seconds": 3,
-    }
-    return make_app(imap=[mailbox], daemon=daemon)
+    return make_app(imap=[mailbox(server, batch_size=2, poll_interval=0.2)], daemon=daemon)
 
 
 def inbox(server: Dovecot) -> int:

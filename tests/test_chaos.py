@@ -21,9 +21,7 @@ import json
 import os
 import queue
 import random
-import shutil
 import smtplib
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -40,9 +38,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from tests.chaos_sink import FlakySink
-from tests.conftest import _truncate, make_mail, need
+from tests.conftest import _truncate, make_mail
 from tests.daemon import Daemon, DaemonConfig, write_config
-from tests.dovecot import PASSWORD, USER, Dovecot
+from tests.dovecot import Dovecot, mailbox, running_dovecot
 
 MAILS = int(os.environ.get("MAILD_CHAOS_MAILS", "240"))
 KILLS = int(os.environ.get("MAILD_CHAOS_KILLS", "4"))
@@ -83,19 +81,9 @@ def chaos_mail(i: int) -> bytes:
 
 
 def imap_mailbox(server: Dovecot) -> str:
-    """The `[[imap]]` table both instances share; the shortest lease maild allows, so a
-    killed holder's mailbox is taken over within seconds."""
-    values = {
-        "name": "support",
-        "host": "127.0.0.1",
-        "port": server.port,
-        "tls": "none",
-        "allow_plaintext": True,
-        "username": USER,
-        "password": PASSWORD,
-        "address": SUPPORT,
-        "lease_seconds": 3,
-    }
+    """The `[[imap]]` table both instances share; its short lease lets the other instance
+    take over a killed holder's mailbox within seconds."""
+    values = mailbox(server, address=SUPPORT)
     return "[[imap]]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
 
 
@@ -352,13 +340,7 @@ def chaos_db(pg_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def dovecot() -> Iterator[Dovecot]:
-    need(shutil.which("dovecot") is not None, "dovecot is not installed (dovecot-imapd)")
-    # mkdtemp, not tmp_path: as root, Dovecot's mail user must be able to traverse it.
-    root = Path(tempfile.mkdtemp(prefix="maild-chaos-dovecot-"))
-    server = Dovecot(root).start()
-    yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    yield from running_dovecot()
 
 
 # The long run outlasts the suite's default per-test timeout.

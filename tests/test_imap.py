@@ -5,10 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-import shutil
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
 import tomllib
@@ -33,9 +31,9 @@ from maild.health import Metrics
 from maild.receive.imap import Lease, Pollers, make_pollers, password_for
 from maild.receive.imap_oauth import TokenCommandError, TokenError
 from maild.types import Direction
-from tests.conftest import AppFactory, make_mail, need
+from tests.conftest import AppFactory, make_mail
 from tests.daemon import Daemon, free_port, write_config
-from tests.dovecot import PASSWORD, USER, Dovecot
+from tests.dovecot import USER, Dovecot, mailbox, running_dovecot
 from tests.oauth_provider import CLIENT_ID, CLIENT_SECRET, Provider
 
 # For behaviour of the IMAP side alone: the storage it touches (spool, checkpoints, lease,
@@ -46,20 +44,9 @@ PROCESSED = "maild.processed"  # "maild/processed" with Dovecot's Maildir separa
 TOO_LARGE = "maild.too-large"
 
 
-def _server(
-    capability: str | None = None, introspection_url: str | None = None, *, tls: bool = False
-) -> Iterator[Dovecot]:
-    need(shutil.which("dovecot") is not None, "dovecot is not installed (dovecot-imapd)")
-    root = Path(tempfile.mkdtemp(prefix="maild-dovecot-"))
-    server = Dovecot(root, capability, introspection_url, tls=tls).start()
-    yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
 def dovecot_server() -> Iterator[Dovecot]:
-    yield from _server()
+    yield from running_dovecot()
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +59,7 @@ def oauth_provider() -> Iterator[Provider]:
 @pytest.fixture(scope="session")
 def dovecot_oauth_server(oauth_provider: Provider) -> Iterator[Dovecot]:
     # Dovecot validates XOAUTH2 tokens offline against the provider's introspection.
-    yield from _server(introspection_url=oauth_provider.url("/introspect"))
+    yield from running_dovecot(introspection_url=oauth_provider.url("/introspect"))
 
 
 @pytest.fixture
@@ -85,12 +72,12 @@ def dovecot_oauth(dovecot_oauth_server: Dovecot, oauth_provider: Provider) -> Do
 @pytest.fixture(scope="session")
 def dovecot_no_move_server() -> Iterator[Dovecot]:
     # Neither MOVE nor IDLE: the COPY + \Deleted + UID EXPUNGE path, and polling.
-    yield from _server("IMAP4rev1 LITERAL+ UIDPLUS NAMESPACE")
+    yield from running_dovecot("IMAP4rev1 LITERAL+ UIDPLUS NAMESPACE")
 
 
 @pytest.fixture(scope="session")
 def dovecot_tls_server() -> Iterator[Dovecot]:
-    yield from _server(tls=True)
+    yield from running_dovecot(tls=True)
 
 
 @pytest.fixture
@@ -117,21 +104,6 @@ def running() -> Iterator[list[Pollers]]:
     yield started
     for pollers in started:
         pollers.stop(10)
-
-
-def mailbox(server: Dovecot, **overrides: Any) -> dict[str, Any]:
-    return {
-        "name": "support",
-        "host": "127.0.0.1",
-        "port": server.port,
-        "tls": "none",
-        "allow_plaintext": True,
-        "username": USER,
-        "password": PASSWORD,
-        "address": "support@example.com",
-        "lease_seconds": 3,
-        **overrides,
-    }
 
 
 def app_for(make_app: AppFactory, *mailboxes: dict[str, Any], **sections: Any) -> App:

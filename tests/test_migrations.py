@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,12 +11,11 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.exc import OperationalError
 
 from maild.app import App
 from maild.db import migrate
 from maild.db.models import Base
-from tests.conftest import PG_ADMIN_URL, need
+from tests.conftest import throwaway_pg_database
 
 
 def test_migrated_schema_matches_models(app: App) -> None:
@@ -40,20 +38,10 @@ def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]
         yield engine
         engine.dispose()
         return
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"maild_migration_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        need(False, f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc.orig}")
-    engine = create_engine(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
-    yield engine
-    engine.dispose()
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with throwaway_pg_database("maild_migration") as url:
+        engine = create_engine(url)
+        yield engine
+        engine.dispose()
 
 
 def test_0007_moves_spooled_bytes_to_their_own_table_and_back(empty_db: Engine) -> None:
