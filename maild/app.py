@@ -74,7 +74,8 @@ class App:
         """Upgrade embedded SQLite on start; PostgreSQL is upgraded by the operator."""
         try:
             if self.db.engine.dialect.name == "sqlite":
-                migrate.upgrade(self.db.engine)
+                if not migrate.at_head(self.db.engine):
+                    migrate.upgrade(self.db.engine)
             elif not migrate.is_up_to_date(self.db.engine):
                 raise SchemaOutOfDate("the database schema is not current: run `maild db upgrade`")
         except OperationalError as exc:

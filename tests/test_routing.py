@@ -128,6 +128,34 @@ def test_quarantine_and_drop_by_rule(make_app: AppFactory, tmp_path: Path) -> No
     )
 
 
+def test_sender_is_customer_once_the_sender_is_a_known_contact(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    folder = rules_dir(tmp_path)
+    (folder / "routing.yaml").write_text(
+        textwrap.dedent(
+            """
+            rules:
+              - {name: known, when: {sender_is: customer}, then: {queue: customers}}
+              - {name: strangers, when: {sender_is: unknown}, then: {queue: strangers}}
+            """
+        )
+    )
+    app = make_app(paths={"rules": str(folder)})
+    assert app.rules.current.asks_if_customer_known
+    first = deliver(app, make_mail(sender="new@x.example", subject="first"))
+    second = deliver(app, make_mail(sender="new@x.example", subject="second"))
+    queues = [show(app, o.ticket_number or "")["queue"] for o in (first, second)]
+    assert queues == ["strangers", "customers"]
+
+
+def test_known_contacts_are_not_looked_up_for_rules_that_do_not_ask(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    app = make_app(paths={"rules": str(rules_dir(tmp_path))})
+    assert not app.rules.current.asks_if_customer_known
+
+
 def test_least_loaded_counts_open_tickets(make_app: AppFactory, tmp_path: Path) -> None:
     folder = rules_dir(tmp_path)
     text = (folder / "routing.yaml").read_text().replace("round_robin", "least_loaded")

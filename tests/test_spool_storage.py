@@ -67,6 +67,23 @@ def test_peek_many_takes_the_oldest_pending_within_count_and_bytes(app: App) -> 
     assert spool.peek_many(app.db, after_id=ids[-1], limit=9, max_bytes=1 << 20) == []
 
 
+def test_put_many_stores_each_mail_with_its_bytes_and_nothing_for_no_mail(app: App) -> None:
+    raws = [make_mail(message_id=f"<b{n}@customer.example>") for n in range(3)]
+    envelopes = [Envelope(mail_from=f"s{n}@customer.example") for n in range(3)]
+    assert spool.put_many(app.db, [], "test", app.clock.now()) == []
+    ids = spool.put_many(app.db, list(zip(raws, envelopes, strict=True)), "test", app.clock.now())
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    with app.db.transaction() as session:
+        assert [spool.raw_of(session, i) for i in ids] == raws
+        rows = session.execute(text("SELECT id, state, source, size FROM spool ORDER BY id")).all()
+        assert [(r.id, r.state, r.source, r.size) for r in rows] == [
+            (i, "pending", "test", len(raw)) for i, raw in zip(ids, raws, strict=True)
+        ]
+        # Each envelope comes back with the mail it belongs to.
+        claimed = [spool.claim(session.connection(), i, with_raw=False) for i in ids]
+    assert [c.envelope if c else None for c in claimed] == envelopes
+
+
 def test_a_postgresql_host_that_never_answers_is_a_temporary_failure() -> None:
     """A server that takes the TCP connection and then says nothing (a hung host, a
     black-holing firewall) must not hold a transaction, and the SMTP session behind it,

@@ -1,19 +1,34 @@
-"""Alembic, driven from code: `maild db upgrade`, and automatically for embedded SQLite."""
+"""Alembic, driven from code: `maild db upgrade`, and automatically for embedded SQLite.
+
+Importing alembic (mako and pygments come with it) and loading the scripts takes some
+60 ms, which every command would pay only to learn that the schema is current. `at_head`
+answers that with plain SQLAlchemy and the migration files' text; alembic is imported
+only to migrate, or to judge whatever that quick look cannot vouch for.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect, text
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
+# A module-level `revision = "0007"` or `down_revision = ("a", "b")`, annotated or not,
+# in either quotes (the script template writes repr()s), up to any comment.
+_ASSIGNMENT = re.compile(r"^(revision|down_revision)\b\s*(?::[^=\n]*)?=([^#\n]*)", re.MULTILINE)
+_QUOTED = re.compile(r"""["']([^"']+)["']""")
+
 
 def _config(engine: Engine) -> Config:
+    # Imported here, like every alembic import in this module: see the module docstring.
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["engine"] = engine
@@ -21,17 +36,60 @@ def _config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
+
     command.upgrade(_config(engine), revision)
 
 
 def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
 def head_revision(engine: Engine) -> str | None:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_config(engine)).get_current_head()
 
 
 def is_up_to_date(engine: Engine) -> bool:
-    return current_revision(engine) == head_revision(engine)
+    return at_head(engine) or current_revision(engine) == head_revision(engine)
+
+
+def at_head(engine: Engine) -> bool:
+    """True when the database is stamped with the one head the migration files name.
+
+    False says only "not sure": there is then something to upgrade, or a case (no
+    schema yet, several heads, a file this reading does not understand) for alembic.
+    """
+    head = head_in_files()
+    if head is None:
+        return False
+    with engine.connect() as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return False
+        stamped = connection.execute(text("SELECT version_num FROM alembic_version")).scalars()
+        return list(stamped) == [head]
+
+
+def head_in_files() -> str | None:
+    """The head revision, read from the migration scripts' source without importing them;
+    None unless every script names its revisions plainly and exactly one head results."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in (MIGRATIONS / "versions").glob("*.py"):
+        if script.name == "__init__.py":
+            continue
+        found: dict[str, list[str]] = {}
+        for match in _ASSIGNMENT.finditer(script.read_text(encoding="utf-8")):
+            if match[1] in found:
+                return None
+            found[match[1]] = _QUOTED.findall(match[2])
+        if set(found) != {"revision", "down_revision"} or len(found["revision"]) != 1:
+            return None
+        revisions.add(found["revision"][0])
+        parents.update(found["down_revision"])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None

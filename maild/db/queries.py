@@ -72,8 +72,12 @@ def contacts_for(conn: Connection, people: dict[str, str], now: datetime) -> dic
     missing = [a for a in wanted if a not in found]
     if missing:
         rows = [{"address": a, "name": wanted[a], "created_at": now} for a in missing]
-        conn.execute(_insert_ignoring_conflicts(conn, Contact), rows)
-        found.update(_contact_ids(conn, missing))
+        created = conn.execute(_CREATE_CONTACTS[conn.dialect.name], rows).all()
+        found.update({address: contact_id for address, contact_id in created})
+        # Those another transaction created meanwhile were skipped, and are not returned.
+        raced = [a for a in missing if a not in found]
+        if raced:
+            found.update(_contact_ids(conn, raced))
     return found
 
 
@@ -111,6 +115,11 @@ def _ignoring_conflicts() -> dict[tuple[str, str], Any]:
 
 
 _IGNORING_CONFLICTS = _ignoring_conflicts()
+_CREATE_CONTACTS = {
+    dialect: statement.returning(Contact.address, Contact.id)
+    for (dialect, table), statement in _IGNORING_CONFLICTS.items()
+    if table == Contact.__tablename__
+}
 
 
 def participants(session: Session, ticket_id: int) -> list[tuple[str, str, str]]:

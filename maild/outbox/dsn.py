@@ -45,15 +45,21 @@ def looks_like_bounce(mail: ParsedMail) -> bool:
     if mail.header("x-failed-recipients") is not None:
         return True
     local = _sender_local_part(mail)
-    says_failed = bool(_SUBJECT.search(mail.subject)) or bool(
-        _BODY.search(mail.text[:_BODY_WINDOW])
-    )
-    carries_original = any(a.content_type.lower() in _ORIGINAL for a in mail.attachments)
+    # The wording is searched only for daemon-like senders: most mail is from people,
+    # and the searches would be most of this function's cost for every mail.
     if _DAEMON.match(local) or _return_path_is_daemon(mail):
-        return says_failed or carries_original
+        return _carries_original(mail) or _says_failed(mail)
     if _NO_REPLY.match(local):
-        return says_failed and carries_original
+        return _carries_original(mail) and _says_failed(mail)
     return False
+
+
+def _says_failed(mail: ParsedMail) -> bool:
+    return bool(_SUBJECT.search(mail.subject) or _BODY.search(mail.text[:_BODY_WINDOW]))
+
+
+def _carries_original(mail: ParsedMail) -> bool:
+    return any(a.content_type.lower() in _ORIGINAL for a in mail.attachments)
 
 
 def _sender_local_part(mail: ParsedMail) -> str:

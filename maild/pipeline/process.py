@@ -145,8 +145,7 @@ class Processor:
             step = _Step()
             try:
                 # Replayable: a lost commit leaves the spool row pending, to be redone.
-                with self._db.transaction(replayable=True) as session:
-                    conn = session.connection()
+                with self._db.begin(replayable=True) as conn:
                     with_raw = parsed is None
                     if spool_id is not None:
                         entry = spool.claim(conn, spool_id, with_raw=with_raw)
@@ -180,8 +179,7 @@ class Processor:
                 outcome = self._unexpected(claimed, step, exc)
             break
         # The failed attempt was rolled back whole; record the outcome on its own.
-        with self._db.transaction(replayable=True) as session:
-            conn = session.connection()
+        with self._db.begin(replayable=True) as conn:
             unreadable = not isinstance(mail, ParsedMail)
             entry = None if claimed is None else spool.claim(conn, claimed, with_raw=unreadable)
             if entry is None:
@@ -286,7 +284,7 @@ class Processor:
             mail_class=mail_class,
             is_reply=decision.ticket_id is not None,
             came_in_on=self._came_in_on(envelope),
-            known_customer=queries.is_known_contact(conn, sender),
+            known_customer=rules.asks_if_customer_known and queries.is_known_contact(conn, sender),
         )
         if route.disposition is not None:
             if route.disposition.action == "quarantine":

@@ -126,6 +126,13 @@ class RuleSet:
         self.directory = directory
         self.files = tuple(files)
         self._plans = {phase: _Plan([r for r in self.rules if phase in r.on]) for phase in PHASES}
+        # Whether a customer is known takes a database lookup, made only for rules that ask.
+        self.asks_if_customer_known = any(
+            atom.field == "sender_is"
+            for rule in self.rules
+            if rule.when is not None
+            for atom in rule.when.atoms()
+        )
 
     def sender_is(self, address: str | None, *, known_customer: bool) -> SenderKind:
         if address and self.directory.is_agent(address):

@@ -79,7 +79,10 @@ Language = Annotated[str, AfterValidator(_language)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+    # Validators are built on first use, not at import: most commands read no rules file.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, coerce_numbers_to_str=True, defer_build=True
+    )
 
 
 # ---------------------------------------------------------------- teams.yaml
