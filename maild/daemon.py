@@ -153,7 +153,7 @@ async def run(app: App, roles: Roles = ROLES["all"], workers_count: int | None =
 
     # hardening (issue 9): past the spool's high mark the receivers refuse or pause.
     def pending() -> int:
-        with app.db.transaction() as session:
+        with app.db.read() as session:
             return spool.count_pending(session, settings.daemon.spool_high_mark)
 
     backpressure = Backpressure.of(settings.daemon, pending, metrics.backpressure.set)

@@ -95,7 +95,7 @@ class _SpoolCollector(Collector):
 
 def spool_status(db: Database, clock: Clock) -> dict[str, Any]:
     try:
-        with db.transaction() as session:
+        with db.read() as session:
             pending, oldest = spool.depth(session)
             quarantined = spool.count_quarantined(session)
     except TemporaryFailure as exc:

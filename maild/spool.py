@@ -266,7 +266,7 @@ def peek(db: Database, *, spool_id: int | None = None, after_id: int = 0) -> Pee
     )
     if spool_id is not None:
         query = query.where(SpoolEntry.id == spool_id)
-    with db.transaction() as session:
+    with db.read() as session:
         row = session.execute(query.order_by(SpoolEntry.id).limit(1)).first()
     return None if row is None else Peeked(row[0], row[1])
 
@@ -274,7 +274,7 @@ def peek(db: Database, *, spool_id: int | None = None, after_id: int = 0) -> Pee
 def peek_many(db: Database, *, after_id: int, limit: int, max_bytes: int) -> list[Peeked]:
     """The oldest pending mails after `after_id`, unclaimed: at most `limit` of them, and
     past the first, no more than `max_bytes` of raw mail in all."""
-    with db.transaction() as session:
+    with db.read() as session:
         sizes = session.execute(
             select(SpoolEntry.id, SpoolEntry.size)
             .where(SpoolEntry.state == SpoolState.PENDING, SpoolEntry.id > after_id)

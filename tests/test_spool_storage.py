@@ -51,6 +51,43 @@ def test_a_waiting_writer_outlasts_sqlites_busy_timeout_on_the_lock_file(tmp_pat
     db.dispose()
 
 
+def test_reads_go_on_while_a_writer_holds_the_lock(tmp_path: Path) -> None:
+    # A worker peeking at the next mails, or a health check counting them, must not
+    # hold up (or wait for) an SMTP session committing the mail it will acknowledge.
+    db = Database(f"sqlite:///{tmp_path / 'maild.db'}", busy_timeout_ms=50)
+    with db.begin() as conn:
+        conn.execute(text("CREATE TABLE t (n INTEGER)"))
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+    holding = threading.Event()
+    release = threading.Event()
+    seen: list[list[int]] = []
+
+    def read() -> list[int]:
+        with db.read() as session:
+            return list(session.scalars(text("SELECT n FROM t ORDER BY n")))
+
+    def writer() -> None:
+        with db.begin() as conn:
+            conn.execute(text("INSERT INTO t VALUES (2)"))
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert holding.wait(30)
+        reader = threading.Thread(target=lambda: seen.append(read()))
+        reader.start()
+        reader.join(5)
+        # Done while the writer still holds its lock, and blind to its uncommitted row.
+        assert not reader.is_alive() and seen == [[1]]
+    finally:
+        release.set()
+        thread.join(30)
+    assert read() == [1, 2]
+    db.dispose()
+
+
 def test_peek_many_takes_the_oldest_pending_within_count_and_bytes(app: App) -> None:
     raws = [make_mail(message_id=f"<p{n}@customer.example>") for n in range(5)]
     ids = spool.put_many(app.db, [(raw, Envelope()) for raw in raws], "test", app.clock.now())

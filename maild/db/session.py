@@ -56,7 +56,12 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int, durable: bool) -> No
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        reading = connection.get_execution_options().get(_READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
+
+
+# Marks the engine `Database.read` opens its transactions on.
+_READ_ONLY = "maild_read_only"
 
 
 class WriterLock:
@@ -118,6 +123,9 @@ class Database:
             url, busy_timeout_ms=busy_timeout_ms, durable=False, connect_timeout=connect_timeout
         )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(
+            self.engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False
+        )
         self._replayable = sessionmaker(self._replayable_engine, expire_on_commit=False)
         self._writer_lock = writer_lock_for(url)
 
@@ -147,8 +155,18 @@ class Database:
             yield connection
 
     @contextmanager
-    def _guarded(self) -> Iterator[None]:
-        lock = self._writer_lock.held() if self._writer_lock else nullcontext()
+    def read(self) -> Iterator[Session]:
+        """A transaction that only reads. On SQLite it takes neither the writer lock nor
+        SQLite's own (a WAL reader sees the last commit, and writers go on meanwhile):
+        a worker reading the next mails, or a health check counting them, would otherwise
+        hold up every SMTP session waiting to commit the mail it is about to acknowledge.
+        """
+        with self._guarded(writing=False), self._readers.begin() as session:
+            yield session
+
+    @contextmanager
+    def _guarded(self, *, writing: bool = True) -> Iterator[None]:
+        lock = self._writer_lock.held() if self._writer_lock and writing else nullcontext()
         try:
             with lock:
                 yield

@@ -22,7 +22,7 @@ class OutboxCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            with self._db.transaction() as session:
+            with self._db.read() as session:
                 pending, oldest = session.execute(
                     select(func.count(), func.min(OUTBOX.c.created_at)).where(
                         OUTBOX.c.state == "pending"
