@@ -388,7 +388,8 @@ def _rules_test(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
         print(f"maild: the rules are broken:\n{exc}", file=sys.stderr)
         return EX_CONFIG
     except Quarantine as exc:
-        print(f"maild: {args.mail} is not a mail maild can read: {exc.reason}", file=sys.stderr)
+        what = "would be quarantined" if exc.step == "route" else "is not a mail maild can read"
+        print(f"maild: {args.mail} {what}: {exc.reason}", file=sys.stderr)
         return EX_DATAERR
     return EX_OK
 

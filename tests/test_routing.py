@@ -8,9 +8,12 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from maild import views
 from maild.app import App
 from maild.cli import EX_CONFIG, main
+from maild.rules import matchers
 from maild.types import SpoolState
 from tests.conftest import AppFactory, deliver, make_mail
 
@@ -154,6 +157,23 @@ def test_known_contacts_are_not_looked_up_for_rules_that_do_not_ask(
 ) -> None:
     app = make_app(paths={"rules": str(rules_dir(tmp_path))})
     assert not app.rules.current.asks_if_customer_known
+
+
+def test_a_regex_that_backtracks_without_end_quarantines_the_mail_as_timeout(
+    make_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(matchers, "REGEX_SECONDS", 0.1)
+    folder = rules_dir(tmp_path)
+    (folder / "routing.yaml").write_text(
+        "rules:\n  - {name: greedy, when: {subject: {regex: '(a|aa)+$'}}, then: {queue: a}}\n"
+    )
+    app = make_app(paths={"rules": str(folder)})
+    stuck = deliver(app, make_mail(subject="a" * 40 + "b"))
+    assert (stuck.state, stuck.step) == (SpoolState.QUARANTINED, "route")
+    assert (stuck.reason or "").startswith("timeout: regex '(a|aa)+$'"), stuck.reason
+    # The worker is free again at once, and the pattern still works where it can.
+    fine = deliver(app, make_mail(subject="aaaa"))
+    assert show(app, fine.ticket_number or "")["queue"] == "a"
 
 
 def test_least_loaded_counts_open_tickets(make_app: AppFactory, tmp_path: Path) -> None:

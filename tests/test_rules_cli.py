@@ -13,7 +13,7 @@ from maild.cli import main
 from maild.errors import Quarantine
 from maild.pipeline.classify import classify
 from maild.pipeline.parse import parse
-from maild.rules import load_rules
+from maild.rules import load_rules, matchers
 from maild.rules.cli import test as rules_test
 from maild.types import Envelope
 from tests.conftest import CORPUS_DEV, make_mail, need_corpus
@@ -198,3 +198,23 @@ def test_the_command_parses_with_the_configured_limits(
 
     assert code == 65  # EX_DATAERR: not a mail maild would take
     assert "max_header_fields" in capsys.readouterr().err
+
+
+def test_a_regex_out_of_time_says_the_mail_would_be_quarantined(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(matchers, "REGEX_SECONDS", 0.1)
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "routing.yaml").write_text(
+        "rules:\n  - {name: greedy, when: {subject: {regex: '(a|aa)+$'}}, then: {queue: a}}\n"
+    )
+    mail = tmp_path / "mail.eml"
+    mail.write_bytes(make_mail(subject="a" * 40 + "b"))
+    config = tmp_path / "config.toml"
+    config.write_text(f'[paths]\nrules = "{rules}"\n')
+
+    code = main(["rules", "test", "--config", str(config), str(mail)])
+
+    assert code == 65
+    assert "would be quarantined: timeout: regex '(a|aa)+$'" in capsys.readouterr().err

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import regex
+
 from maild.rules.context import Context
 from maild.rules.facts import SENDER_KINDS
 from maild.rules.matchers import Contains, EndsWith, Equals, Glob, Matcher, Regex, StartsWith
@@ -112,9 +114,12 @@ def compile_matchers(
         for i, text in enumerate(ops.regex):
             try:
                 patterns.append(re.compile(text))
-            except re.error as exc:
-                where = f" at position {exc.pos}" if exc.pos is not None else ""
-                ctx.error((*path, "regex", i), f"invalid regex '{text}': {exc.msg}{where}")
+                regex.compile(text)  # the search itself runs on `regex`: see matchers.Regex
+            except (re.error, regex.error) as exc:
+                position = getattr(exc, "pos", None)
+                where = f" at position {position}" if position is not None else ""
+                message = getattr(exc, "msg", str(exc))
+                ctx.error((*path, "regex", i), f"invalid regex '{text}': {message}{where}")
                 ok = False
         found.append(Regex(tuple(patterns)))
     return found if ok else None

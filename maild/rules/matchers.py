@@ -9,7 +9,15 @@ import fnmatch
 import re
 from collections.abc import Hashable
 
+import regex
+
+from maild.errors import Quarantine
 from maild.rules.literals import MIN_LITERAL, fold, glob_literals, regex_literals
+
+# How long one rule regex may search one value. `re` cannot be stopped once it is
+# backtracking, so an operator's pattern gone catastrophic on some mail would hold a
+# worker (and the writer lock with it) for good; the `regex` module stops at this.
+REGEX_SECONDS = 1.0
 
 
 def quote(text: str, limit: int = 80) -> str:
@@ -169,12 +177,15 @@ class Glob(Matcher):
 
 
 class Regex(Matcher):
-    """`re.search` with the pattern as written; any of several patterns."""
+    """A search with the pattern as written; any of several patterns. `patterns` as `re`
+    reads them (for the literals and the labels), the search by the `regex` module, which
+    takes the same syntax and can be stopped."""
 
     op = "regex"
 
     def __init__(self, patterns: tuple[re.Pattern[str], ...]) -> None:
         self.patterns = patterns
+        self._searches = tuple(regex.compile(p.pattern, p.flags) for p in patterns)
         literal_sets = [regex_literals(p) for p in patterns]
         self._literals = (
             frozenset().union(*(s for s in literal_sets if s))
@@ -189,10 +200,17 @@ class Regex(Matcher):
         return f"regex {_listing(tuple(p.pattern for p in self.patterns))}"
 
     def hit(self, raw: str, folded: str) -> str | None:
-        for pattern in self.patterns:
-            found = pattern.search(raw)
+        for search in self._searches:
+            try:
+                found = search.search(raw, timeout=REGEX_SECONDS)
+            except TimeoutError:
+                raise Quarantine(
+                    "route",
+                    f"timeout: regex '{search.pattern}' searched one value for more than "
+                    f"{REGEX_SECONDS:g} s (it backtracks without end; fix the rule)",
+                ) from None
             if found is not None:
-                return found.group()
+                return str(found.group())
         return None
 
     def needed_literals(self) -> frozenset[str] | None:
