@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import io
 import textwrap
+import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from maild import views
 from maild.app import App
 from maild.cli import EX_CONFIG, main
+from maild.db import queries
 from maild.rules import matchers
 from maild.types import SpoolState
 from tests.conftest import AppFactory, deliver, make_mail
@@ -174,6 +178,39 @@ def test_a_regex_that_backtracks_without_end_quarantines_the_mail_as_timeout(
     # The worker is free again at once, and the pattern still works where it can.
     fine = deliver(app, make_mail(subject="aaaa"))
     assert show(app, fine.ticket_number or "")["queue"] == "a"
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_round_robin_lines_up_instances_assigning_in_one_team_at_once(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    app = make_app(paths={"rules": str(rules_dir(tmp_path))})
+    first = deliver(app, make_mail(sender="a@x.example", subject="outage a"))
+    assert show(app, first.ticket_number or "")["assignee"] == "ann@example.com"
+    second: list[str] = []
+
+    def assign_next() -> None:
+        outcome = deliver(app, make_mail(sender="b@x.example", subject="outage b"))
+        second.append(show(app, outcome.ticket_number or "")["assignee"])
+
+    with app.db.begin() as other:
+        # Another instance is assigning in the team: it has read the last assignee
+        # (Ann), is giving its ticket to Bob, and has not committed yet.
+        assert queries.SqlAgentLoad(other).last_assigned("network") == "ann@example.com"
+        other.execute(
+            text(
+                "UPDATE ticket SET assignee = 'bob@example.com', assigned_at = :at "
+                "WHERE number = :number"
+            ),
+            {"at": app.clock.now() + timedelta(seconds=1), "number": first.ticket_number},
+        )
+        racer = threading.Thread(target=assign_next)
+        racer.start()
+        racer.join(0.5)
+        assert racer.is_alive()  # waiting for the other assignment, not reading past it
+    racer.join(30)
+    # Bob was the last one assigned: the rotation goes on with Ann, not Bob again.
+    assert second == ["ann@example.com"]
 
 
 def test_least_loaded_counts_open_tickets(make_app: AppFactory, tmp_path: Path) -> None:

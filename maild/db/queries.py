@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, func, select
+from sqlalchemy import Connection, Table, bindparam, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -153,6 +153,8 @@ _LAST_ASSIGNED_IN = (
     .order_by(Ticket.assigned_at.desc(), Ticket.id.desc())
     .limit(1)
 )
+# A namespace of our own for the two-key advisory lock (migrations use 727274).
+_ROTATION_LOCK = text("SELECT pg_advisory_xact_lock(727275, hashtext(:team))")
 _KNOWN_CONTACT = select(Contact.id).where(Contact.address == bindparam("address"))
 
 
@@ -166,6 +168,12 @@ class SqlAgentLoad:
         return int(self._conn.scalar(_OPEN_TICKETS_OF, {"agent": agent_address}) or 0)
 
     def last_assigned(self, team: str) -> str | None:
+        if self._conn.dialect.name == "postgresql":
+            # Instances assigning in one team at once would each read the same last
+            # assignee and pick the same next one; the lock (held to commit) lines them
+            # up, and the read after it sees the assignment committed before. (SQLite
+            # has one writer at a time anyway.)
+            self._conn.execute(_ROTATION_LOCK, {"team": team})
         return self._conn.scalar(_LAST_ASSIGNED_IN, {"team": team})
 
 
