@@ -9,7 +9,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -116,6 +116,12 @@ def _build_parser() -> argparse.ArgumentParser:
     trial.add_argument("mail", help="an .eml file, or - for stdin")
     trial.add_argument("--json", action="store_true")
     trial.add_argument("--as-reply", action="store_true", help="as a follow-up to a ticket")
+    trial.add_argument(
+        "--at",
+        type=_instant,
+        metavar="ISO",
+        help="as if it arrived then, for business_hours (UTC if no zone; default: now)",
+    )
     trial.set_defaults(handler=_rules_test, needs_app=False)
 
     # outbox and templates (issue 6)
@@ -221,6 +227,14 @@ def _run(app: App, args: argparse.Namespace, out: TextIO) -> int:
     from maild import daemon
 
     return asyncio.run(daemon.run(app, ROLES[args.role], args.workers))
+
+
+def _instant(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO time: {value!r}") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _worker_count(value: str) -> int:
@@ -382,7 +396,14 @@ def _rules_test(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
             return EX_NOINPUT
     try:
         limits = MailLimits.of(settings.mail)
-        report = rules_cli.test(raw, settings.paths.rules, args.as_reply, args.json, limits=limits)
+        report = rules_cli.test(
+            raw,
+            settings.paths.rules,
+            args.as_reply,
+            args.json,
+            limits=limits,
+            received_at=args.at or datetime.now(UTC),
+        )
         print(report, file=out)
     except RuleError as exc:
         print(f"maild: the rules are broken:\n{exc}", file=sys.stderr)

@@ -89,6 +89,7 @@ class Claimed(NamedTuple):
     id: int
     envelope: Envelope
     raw: bytes | None
+    received_at: datetime
 
 
 def claim_next(conn: Connection, *, after_id: int = 0, with_raw: bool = True) -> Claimed | None:
@@ -102,7 +103,7 @@ def claim(conn: Connection, spool_id: int, *, with_raw: bool = True) -> Claimed 
 
 
 def _claim_query(where: ColumnElement[bool], with_raw: bool, lock: bool) -> Select[Any]:
-    columns: list[Any] = [SpoolEntry.id, SpoolEntry.envelope]
+    columns: list[Any] = [SpoolEntry.id, SpoolEntry.envelope, SpoolEntry.received_at]
     if with_raw:
         columns.append(SpoolRaw.raw)
     query = select(*columns)
@@ -137,7 +138,7 @@ def _claim(
         return None
     stored = row.envelope
     envelope = Envelope(**{**stored, "rcpt_to": tuple(stored.get("rcpt_to", ()))})
-    return Claimed(row.id, envelope, row.raw if with_raw else None)
+    return Claimed(row.id, envelope, row.raw if with_raw else None, row.received_at)
 
 
 class Summary(NamedTuple):

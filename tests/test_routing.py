@@ -149,7 +149,7 @@ def test_sender_is_customer_once_the_sender_is_a_known_contact(
         )
     )
     app = make_app(paths={"rules": str(folder)})
-    assert app.rules.current.asks_if_customer_known
+    assert app.rules.current.asks("sender_is")
     first = deliver(app, make_mail(sender="new@x.example", subject="first"))
     second = deliver(app, make_mail(sender="new@x.example", subject="second"))
     queues = [show(app, o.ticket_number or "")["queue"] for o in (first, second)]
@@ -160,7 +160,7 @@ def test_known_contacts_are_not_looked_up_for_rules_that_do_not_ask(
     make_app: AppFactory, tmp_path: Path
 ) -> None:
     app = make_app(paths={"rules": str(rules_dir(tmp_path))})
-    assert not app.rules.current.asks_if_customer_known
+    assert not app.rules.current.asks("sender_is")
 
 
 def test_a_regex_that_backtracks_without_end_quarantines_the_mail_as_timeout(

@@ -45,9 +45,10 @@ def test_text_output_shows_rules_conditions_actions_and_ticket() -> None:
     lines = text.splitlines()
     assert lines[0] == "mail <invoice-in-hungarian@test.example>"
     assert "  subject:     'Hibás számla (2026/113)'" in lines
-    assert (
-        "3. billing  (rules/routing.yaml:70)  FIRED, stop".replace("rules/", f"{SHIPPED}/") in lines
-    )
+    # The line the rule starts on in the shipped file, however its comments grow.
+    shipped = (SHIPPED / "routing.yaml").read_text().splitlines()
+    line = shipped.index("  - name: billing") + 1
+    assert f"3. billing  ({SHIPPED}/routing.yaml:{line})  FIRED, stop" in lines
     assert (
         "      ✓ subject regex '(?i)\\b(invoice|számla|rechnung)\\b'"
         "  (seen: 'számla' in 'Hibás számla (2026/113)')"

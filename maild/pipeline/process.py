@@ -284,7 +284,11 @@ class Processor:
             mail_class=mail_class,
             is_reply=decision.ticket_id is not None,
             came_in_on=self._came_in_on(envelope),
-            known_customer=rules.asks_if_customer_known and queries.is_known_contact(conn, sender),
+            known_customer=rules.asks("sender_is") and queries.is_known_contact(conn, sender),
+            received_at=entry.received_at,
+            calendars=self._sla.calendars()
+            if self._sla is not None and rules.asks("business_hours")
+            else None,
         )
         if route.disposition is not None:
             if route.disposition.action == "quarantine":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from maild.pipeline.classify import classify
@@ -53,15 +54,24 @@ def test(
     came_in_on: str | None = None,
     known_customer: bool = False,
     limits: MailLimits = DEFAULT_LIMITS,
+    received_at: datetime | None = None,
 ) -> str:
     """Route one raw mail with the rules of `rules_dir`, without a database, and say why.
 
     Shows every rule with each condition matched or not and the value seen, the actions
     applied, and the resulting ticket fields. `as_reply` evaluates it as a follow-up on
-    an existing ticket. Raises RuleError if the rules are invalid, and the parse step's
-    Quarantine if the bytes are not a mail.
+    an existing ticket; `received_at` is when it arrived, for `business_hours` (default:
+    now). Raises RuleError if the rules are invalid (or, when a rule asks for business
+    hours, the calendars of sla.yaml), and Quarantine if the bytes are not a mail or a
+    rule's regex runs out of time.
     """
     rules = load_rules(rules_dir)
+    calendars = None
+    if rules.asks("business_hours"):
+        # Here, not at the top: the SLA package imports the rules package.
+        from maild.sla.policy import load_policies
+
+        calendars = load_policies(rules_dir).calendars
     mail = parse(raw_mail, limits)
     envelope = envelope or Envelope()
     facts = rules.facts(
@@ -71,6 +81,8 @@ def test(
         is_reply=as_reply,
         came_in_on=came_in_on,
         known_customer=known_customer,
+        received_at=received_at or datetime.now(UTC),
+        calendars=calendars,
     )
     explanation = rules.explain(facts)
     summary = MailSummary(

@@ -234,6 +234,23 @@ CONDITIONS.add("class", ChoiceField("class", tuple(c.value for c in MailClass)))
 CONDITIONS.add("sender_is", ChoiceField("sender_is", SENDER_KINDS))
 
 
+@CONDITIONS.register("business_hours")
+def _business_hours(arg: object, path: Path, ctx: Context) -> Node | None:
+    """`business_hours: budapest` (or a list: any of them): the mail arrived while that
+    calendar of rules/sla.yaml was open; `not: {business_hours: budapest}` for closed."""
+    names = arg if isinstance(arg, list) else [arg]
+    if not names or not all(isinstance(name, str) and name for name in names):
+        ctx.error(path, "`business_hours` takes a calendar name of rules/sla.yaml, or a list")
+        return None
+    ok = True
+    for i, name in enumerate(names):
+        ok &= ctx.check_calendar(name, (*path, i) if isinstance(arg, list) else path)
+    if not ok:
+        return None
+    matcher = Equals("equals" if len(names) == 1 else "in", tuple(str(n) for n in names))
+    return AtomNode(ctx.atom(FieldAtom("business_hours", "business hours", matcher)))
+
+
 @CONDITIONS.register("is_reply")
 def _is_reply(arg: object, path: Path, ctx: Context) -> Node | None:
     """`is_reply: true`: a follow-up on an existing ticket (see the rule's `on`)."""

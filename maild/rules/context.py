@@ -28,6 +28,7 @@ class KnownNames:
 
     templates: frozenset[str] | None = None
     sla_policies: frozenset[str] | None = None
+    calendars: frozenset[str] | None = None
 
 
 class AtomTable:
@@ -103,6 +104,9 @@ class Context:
 
     def check_sla(self, name: str, path: Path) -> bool:
         return self._check_known("SLA policy", name, self.known.sla_policies, path)
+
+    def check_calendar(self, name: str, path: Path) -> bool:
+        return self._check_known("calendar", name, self.known.calendars, path)
 
     def _check_known(self, kind: str, name: str, known: frozenset[str] | None, path: Path) -> bool:
         if known is None or name in known:

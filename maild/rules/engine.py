@@ -8,8 +8,9 @@ in order. Evaluation is pure: no database, no clock, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from maild.rules.compiler import CompiledRule
@@ -21,7 +22,7 @@ from maild.rules.decision import (
     Phase,
     RouteDecision,
 )
-from maild.rules.facts import MailFacts, SenderKind
+from maild.rules.facts import MailFacts, OpeningHours, SenderKind
 from maild.rules.literals import LiteralScanner
 from maild.rules.nodes import ConditionTrace, Evaluation, Mode, matched_conditions
 from maild.rules.teams import Directory
@@ -126,13 +127,14 @@ class RuleSet:
         self.directory = directory
         self.files = tuple(files)
         self._plans = {phase: _Plan([r for r in self.rules if phase in r.on]) for phase in PHASES}
-        # Whether a customer is known takes a database lookup, made only for rules that ask.
-        self.asks_if_customer_known = any(
-            atom.field == "sender_is"
-            for rule in self.rules
-            if rule.when is not None
-            for atom in rule.when.atoms()
+        self._fields = frozenset(
+            atom.field for rule in self.rules if rule.when is not None for atom in rule.when.atoms()
         )
+
+    def asks(self, field: str) -> bool:
+        """Whether any rule looks at `field`: some facts cost a lookup (is the sender a
+        known customer?) that is only worth making for rules that ask."""
+        return field in self._fields
 
     def sender_is(self, address: str | None, *, known_customer: bool) -> SenderKind:
         if address and self.directory.is_agent(address):
@@ -148,9 +150,12 @@ class RuleSet:
         is_reply: bool,
         came_in_on: str | None = None,
         known_customer: bool = False,
+        received_at: datetime | None = None,
+        calendars: Mapping[str, OpeningHours] | None = None,
     ) -> MailFacts:
         """What the rules see of `mail`. `is_reply`: a follow-up on an existing ticket;
-        `known_customer`: the sender is a contact we know (the caller looks that up)."""
+        `known_customer`: the sender is a contact we know (the caller looks that up);
+        `received_at` and `calendars` (rules/sla.yaml's): for `business_hours`."""
         sender = mail.from_.address if mail.from_ else None
         return MailFacts(
             mail,
@@ -159,6 +164,8 @@ class RuleSet:
             is_reply=is_reply,
             sender_is=self.sender_is(sender, known_customer=known_customer),
             came_in_on=came_in_on,
+            received_at=received_at,
+            calendars=calendars,
         )
 
     def route(
@@ -170,6 +177,8 @@ class RuleSet:
         is_reply: bool,
         came_in_on: str | None = None,
         known_customer: bool = False,
+        received_at: datetime | None = None,
+        calendars: Mapping[str, OpeningHours] | None = None,
     ) -> RouteDecision:
         """The routing decision for one mail. Pure: never touches the database."""
         facts = self.facts(
@@ -179,6 +188,8 @@ class RuleSet:
             is_reply=is_reply,
             came_in_on=came_in_on,
             known_customer=known_customer,
+            received_at=received_at,
+            calendars=calendars,
         )
         return self.decide(facts)
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from email.utils import getaddresses
-from typing import Literal
+from typing import Literal, Protocol
 
 from maild.rules.literals import fold
 from maild.types import Envelope, MailClass, ParsedAttachment, ParsedMail
@@ -16,24 +17,33 @@ SENDER_KINDS: tuple[SenderKind, ...] = ("agent", "customer", "unknown")
 HEADER_PREFIX = "header:"
 
 
+class OpeningHours(Protocol):
+    """A calendar of rules/sla.yaml, as `business_hours` conditions ask it."""
+
+    def is_open(self, instant: datetime) -> bool: ...
+
+
 class MailFacts:
     """One mail as rules see it: text values by field name, cached on first use.
 
     Field names: from, from_name, from_domain, to, cc, delivered_to (Delivered-To and
     X-Original-To headers, envelope recipients, the address the mail came in on),
     recipient (all of those), subject, body (the new text, quoted history stripped),
-    body_full, class, is_reply, sender_is, and `header:<name>` for any header.
-    Every field is a tuple of strings, empty when the mail has no such value.
+    body_full, class, is_reply, sender_is, business_hours (the calendars open when the
+    mail arrived), and `header:<name>` for any header. Every field is a tuple of
+    strings, empty when the mail has no such value.
     """
 
     __slots__ = (
         "_folded",
         "_values",
+        "calendars",
         "came_in_on",
         "envelope",
         "is_reply",
         "mail",
         "mail_class",
+        "received_at",
         "sender_is",
     )
 
@@ -46,6 +56,8 @@ class MailFacts:
         is_reply: bool,
         sender_is: SenderKind,
         came_in_on: str | None = None,
+        received_at: datetime | None = None,
+        calendars: Mapping[str, OpeningHours] | None = None,
     ) -> None:
         self.mail = mail
         self.envelope = envelope
@@ -53,6 +65,8 @@ class MailFacts:
         self.is_reply = is_reply
         self.sender_is = sender_is
         self.came_in_on = came_in_on
+        self.received_at = received_at
+        self.calendars = calendars or {}
         self._values: dict[str, tuple[str, ...]] = {}
         self._folded: dict[str, tuple[str, ...]] = {}
 
@@ -122,6 +136,13 @@ def _delivered_to(facts: MailFacts) -> tuple[str, ...]:
     return _unique(found)
 
 
+def _business_hours(facts: MailFacts) -> tuple[str, ...]:
+    at = facts.received_at
+    if at is None:
+        return ()
+    return tuple(name for name, calendar in facts.calendars.items() if calendar.is_open(at))
+
+
 def _recipient(facts: MailFacts) -> tuple[str, ...]:
     return _unique([*facts.values("to"), *facts.values("cc"), *facts.values("delivered_to")])
 
@@ -140,6 +161,7 @@ _FIELDS: dict[str, Callable[[MailFacts], tuple[str, ...]]] = {
     "class": lambda f: (f.mail_class.value,),
     "is_reply": lambda f: ("true" if f.is_reply else "false",),
     "sender_is": lambda f: (f.sender_is,),
+    "business_hours": _business_hours,
 }
 
 FIELD_NAMES = frozenset(_FIELDS)

@@ -37,8 +37,13 @@ def load_rules(directory: str | Path, *, known: KnownNames | None = None) -> Rul
     whole, and compile them. Raises RuleError with every problem found."""
     root = Path(directory)
     known = known or KnownNames()
-    if known.sla_policies is None:
-        known = replace(known, sla_policies=_sla_policy_names(root))
+    if known.sla_policies is None or known.calendars is None:
+        policies, calendars = _sla_names(root)
+        known = replace(
+            known,
+            sla_policies=known.sla_policies if known.sla_policies is not None else policies,
+            calendars=known.calendars if known.calendars is not None else calendars,
+        )
     if not root.is_dir():
         raise RuleError([RuleIssue(str(root), 0, 0, "not a directory")])
     issues: list[RuleIssue] = []
@@ -79,19 +84,24 @@ def load_rules(directory: str | Path, *, known: KnownNames | None = None) -> Rul
     return RuleSet(rules, directory_ok, files)
 
 
-def _sla_policy_names(root: Path) -> frozenset[str] | None:
-    """The policy names of sla.yaml, for checking `sla:` actions; None (any name) when
-    there is no readable file (maild/sla/policy.py reports its problems)."""
+def _sla_names(root: Path) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+    """The policy and calendar names of sla.yaml, for checking `sla:` actions and
+    `business_hours:` conditions; None (any name) where the file does not say
+    (maild/sla/policy.py reports its problems)."""
     path = root / SLA_FILE
     if not path.is_file():
-        return None
+        return None, frozenset()  # no file, no calendars: nothing to be open in
     try:
         doc, _ = load_yaml(path.read_text("utf-8"), str(path))
     except (OSError, UnicodeDecodeError):
-        return None
+        return None, None
     data = doc.data if doc is not None else None
-    policies = data.get("policies") if isinstance(data, dict) else None
-    return frozenset(policies) if isinstance(policies, dict) else None
+
+    def names(section: str) -> frozenset[str] | None:
+        found = data.get(section) if isinstance(data, dict) else None
+        return frozenset(found) if isinstance(found, dict) else None
+
+    return names("policies"), names("calendars")
 
 
 def _read(path: Path, issues: list[RuleIssue]) -> str:

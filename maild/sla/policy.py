@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfoNotFoundError
@@ -110,6 +110,8 @@ class Policy:
 class PolicySet:
     policies: Mapping[str, Policy]
     files: tuple[str, ...] = ()
+    # Also for routing rules' `business_hours` conditions.
+    calendars: Mapping[str, Calendar] = field(default_factory=dict)
 
     def choose(self, named: str | None, facts: TicketFacts) -> Policy | None:
         """The policy a routing rule named, else the first whose `match` holds."""
@@ -137,10 +139,10 @@ def load_policies(directory: str | Path) -> PolicySet:
     issues += found
     teams = _team_names(root)
     policies: dict[str, Policy] = {}
+    calendars: dict[str, Calendar] = {}
     if doc is not None:
         parsed = validate(SlaFile, doc.data if doc.data is not None else {}, doc, (), issues)
         if parsed is not None:
-            calendars: dict[str, Calendar] = {}
             for name, raw in parsed.calendars.items():
                 entry = validate(CalendarEntry, raw, doc, ("calendars", name), issues)
                 if entry is not None and (cal := _calendar(name, entry, doc, issues)):
@@ -154,7 +156,7 @@ def load_policies(directory: str | Path) -> PolicySet:
                     policies[name] = policy
     if issues:
         raise RuleError(sorted(issues, key=lambda i: (i.line, i.column)))
-    return PolicySet(policies, (str(path),))
+    return PolicySet(policies, (str(path),), calendars)
 
 
 def _team_names(root: Path) -> frozenset[str] | None:

@@ -7,7 +7,7 @@ note) and `on_ticket_change` after it changes status, priority or policy.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Row, Table, bindparam, select, update
 from maild.db.models import Contact, Message, SlaStage, Ticket
 from maild.pipeline.apply import EventRow, record_events
 from maild.sla import clocks as sla_clocks
+from maild.sla.calendar import Calendar
 from maild.sla.clocks import Clocks, StageKey
 from maild.sla.policy import PolicySet, TicketFacts
 from maild.types import MessageKind
@@ -111,6 +112,10 @@ class SlaTracker:
 
     def __init__(self, policies: Callable[[], PolicySet]) -> None:
         self._policies = policies
+
+    def calendars(self) -> Mapping[str, Calendar]:
+        """The calendars of the policies in force (routing's `business_hours` asks them)."""
+        return self._policies().calendars
 
     def on_ticket_created(self, conn: Connection, ticket_id: int, now: datetime) -> None:
         policies = self._policies()
