@@ -7,8 +7,6 @@ its work is transactional, so being killed mid-mail only rolls that mail back.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import multiprocessing
 import multiprocessing.queues
@@ -23,6 +21,7 @@ from maild.app import App
 from maild.config import Settings
 from maild.db.session import Database
 from maild.errors import TemporaryFailure
+from maild.lifetime import die_with_parent
 from maild.logs import event
 from maild.pipeline.limits import MailLimits
 from maild.pipeline.parse_ahead import ParseAhead
@@ -171,7 +170,7 @@ def process_main(
     generation: Generation,
 ) -> None:
     """Entry point of a worker process."""
-    _die_with_parent()
+    die_with_parent()
     # The parent decides when to stop (and lets the current mail finish); a Ctrl-C on the
     # terminal reaches the whole process group and must not cut a transaction short here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -198,11 +197,3 @@ def process_main(
         if ahead is not None:
             ahead.parser.close()
         app.close()
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the daemon dies (even by kill -9)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)

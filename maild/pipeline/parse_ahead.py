@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Generic, TypeVar
 
+from maild.lifetime import die_with_parent
 from maild.pipeline.deadline import timeout_quarantine
 from maild.pipeline.limits import DEFAULT_LIMITS, MailLimits
 from maild.pipeline.process import Parsed, parse_or_error
@@ -71,7 +72,9 @@ class ParseAhead(Generic[Key]):
 
     def _start(self, raws: list[bytes]) -> Future[list[Parsed]]:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=self._workers)
+            self._pool = ProcessPoolExecutor(
+                max_workers=self._workers, initializer=die_with_parent, initargs=(os.getpid(),)
+            )
         return self._pool.submit(_parse_batch, raws, self._limits)
 
     def _take(self) -> Iterator[tuple[Key, Parsed]]:
