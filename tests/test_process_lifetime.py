@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import os
 import smtplib
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import make_mail
-from tests.daemon import Daemon
+from tests.daemon import MAILD, Daemon
 from tests.test_smtp import start
+from tests.test_timeout import slow_mail
 
 
 def children(pid: int) -> set[int]:
@@ -49,6 +51,16 @@ def alive(pids: set[int]) -> set[int]:
     return living
 
 
+def wait_until_gone(family: set[int]) -> None:
+    deadline = time.monotonic() + 10
+    while alive(family) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert alive(family) == set(), [
+        Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120]
+        for pid in alive(family)
+    ]
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("workers", [0, 1], ids=["thread worker", "worker process"])
 def test_killing_the_daemon_leaves_no_process_behind(
@@ -64,11 +76,30 @@ def test_killing_the_daemon_leaves_no_process_behind(
 
     daemon.kill()
 
-    deadline = time.monotonic() + 10
-    while alive(family) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert alive(family) == set(), [
-        Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120]
-        for pid in alive(family)
-    ]
+    wait_until_gone(family)
     assert os.getpid() not in family
+
+
+def test_killing_an_ingest_leaves_no_parse_process_behind(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for n in range(40):  # half a second of parsing each: the ingest is still busy when killed
+        (inbox / f"{n}.eml").write_bytes(slow_mail().replace(b"<slow@", f"<slow-{n}@".encode()))
+    ingest = subprocess.Popen(
+        [MAILD, "ingest", str(inbox)],
+        cwd=tmp_path,
+        env={**os.environ, "MAILD_DATABASE_URL": f"sqlite:///{tmp_path / 'maild.db'}"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (family := descendants(ingest.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert family, "the ingest started no parse process"
+        assert ingest.poll() is None, "the ingest ended before it could be killed"
+    finally:
+        ingest.kill()
+        ingest.wait(30)
+
+    wait_until_gone(family)
