@@ -167,12 +167,16 @@ def _build_parser() -> argparse.ArgumentParser:
     scheck.add_argument("directory", nargs="?", help="default: [paths] rules")
     scheck.set_defaults(handler=_sla_check, needs_app=False)
     stick = sla.add_parser("tick", parents=[common], help="run one SLA sweep")
-    stick.add_argument("--now", metavar="ISO", help="sweep as at this time (UTC if no zone)")
+    stick.add_argument(
+        "--now", type=_instant, metavar="ISO", help="sweep as at this time (UTC if no zone)"
+    )
     stick.add_argument("--json", action="store_true")
     stick.set_defaults(handler=_sla_tick)
     sstatus = sla.add_parser("status", parents=[common], help="due times and fired stages")
     sstatus.add_argument("number", nargs="?")
-    sstatus.add_argument("--now", metavar="ISO", help="elapsed time as at this time")
+    sstatus.add_argument(
+        "--now", type=_instant, metavar="ISO", help="elapsed time as at this time (UTC if no zone)"
+    )
     sstatus.add_argument("--limit", type=int, default=100, help="tickets listed (default 100)")
     sstatus.add_argument("--json", action="store_true")
     sstatus.set_defaults(handler=_sla_status)
@@ -230,6 +234,7 @@ def _run(app: App, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _instant(value: str) -> datetime:
+    """An ISO time for --at and --now; UTC when it names no zone."""
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -402,7 +407,7 @@ def _rules_test(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
             args.as_reply,
             args.json,
             limits=limits,
-            received_at=args.at or datetime.now(UTC),
+            received_at=args.at,
         )
         print(report, file=out)
     except RuleError as exc:

@@ -16,7 +16,9 @@ def die_with_parent(parent: int | None = None) -> None:
     A parse process forked by a daemon that was killed would otherwise wait for work
     for ever: it holds both ends of the pipes it reads, so it never sees them close.
     `parent`: the pid that started this process; if that one is gone already (before
-    the request could be made), exit now.
+    the request could be made), exit now. Linux takes the *thread* that forked for the
+    parent: start such processes from a thread that lives as long as they should (the
+    main thread, or a worker's own), never from a short-lived helper thread.
     """
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)

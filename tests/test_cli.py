@@ -122,9 +122,13 @@ def test_missing_path_is_66_and_spools_nothing(tmp_path: Path, config: str) -> N
     assert json.loads(run("tickets", "list", "--config", config, "--json")[1]) == []
 
 
-def test_usage_errors_are_64() -> None:
+def test_usage_errors_are_64(capsys: pytest.CaptureFixture[str]) -> None:
     assert run("ingest")[0] == EX_USAGE
     assert run("frobnicate")[0] == EX_USAGE
+    # A time that is not one is a usage error, not a traceback, wherever a command takes one.
+    for argv in (("rules", "test", "--at"), ("sla", "tick", "--now"), ("sla", "status", "--now")):
+        assert run(*argv, "monday", "x")[0] == EX_USAGE
+        assert "not an ISO time: 'monday'" in capsys.readouterr().err
 
 
 def test_bad_config_is_78(tmp_path: Path) -> None:

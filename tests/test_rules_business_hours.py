@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from maild import views
-from maild.app import App
 from maild.cli import main
 from maild.clock import FixedClock
 from maild.pipeline.parse import parse
@@ -20,6 +18,7 @@ from maild.rules import RuleError, load_rules
 from maild.sla.policy import load_policies
 from maild.types import Envelope, MailClass
 from tests.conftest import AppFactory, deliver, make_mail
+from tests.test_routing import show
 
 SLA = """
 calendars:
@@ -136,10 +135,3 @@ def test_rules_test_at_a_given_time(tmp_path: Path, capsys: pytest.CaptureFixtur
 
     assert queue_at("2026-03-02T10:00:00+01:00") == "staffed"
     assert queue_at("2026-03-07T12:00:00") is None  # UTC without a zone: Saturday
-
-
-def show(app: App, number: str) -> dict[str, object]:
-    with app.db.transaction() as session:
-        ticket = views.find_ticket(session, number)
-        assert ticket is not None
-        return views.ticket_detail(session, ticket, app.numbering)
