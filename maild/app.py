@@ -75,7 +75,10 @@ class App:
         try:
             if self.db.engine.dialect.name == "sqlite":
                 if not migrate.at_head(self.db.engine):
-                    migrate.upgrade(self.db.engine)
+                    with self.db.begin() as connection:
+                        created = migrate.create_fresh(connection)
+                    if not created:
+                        migrate.upgrade(self.db.engine)
             elif not migrate.is_up_to_date(self.db.engine):
                 raise SchemaOutOfDate("the database schema is not current: run `maild db upgrade`")
         except OperationalError as exc:

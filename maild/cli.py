@@ -11,27 +11,27 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from maild import logs, spool
-from maild.app import App
+from maild import logs
 from maild.config import Settings, load_settings
-from maild.db import migrate
-from maild.db.models import SpoolEntry
 from maild.errors import ConfigError, Quarantine, TemporaryFailure
-from maild.outbox import admin as outbox_admin
 from maild.pipeline.limits import MailLimits
-from maild.pipeline.parse_ahead import ParseAhead
-from maild.pipeline.process import Parsed
-from maild.receive.ingest import MissingInput, check_inputs, read_inputs
+from maild.receive.bulk import BulkIngest
+from maild.receive.ingest import MissingInput
 from maild.roles import ROLES
-from maild.rules import RuleError
-from maild.templating import TemplateError, TemplateMissing, Templates, sample_context
-from maild.types import Envelope
+from maild.types import OUTBOX_STATES
 
-# What the imports above built lives as long as the process, so the garbage collector
-# need not walk it: left in its sight, the full collections the interpreter makes on its
-# way out cost every command (each `maild ingest -` from an MTA) a fifth of a second.
+if TYPE_CHECKING:
+    from maild.app import App
+
+# Imported above is what every command needs before it starts, and what `maild ingest`
+# needs to start parsing (receive/bulk.py); the database and pipeline stack (App) is
+# imported in `main` after that, and what only some commands use in their handlers.
+#
+# What the imports built lives as long as the process, so the garbage collector need
+# not walk it: left in its sight, the full collections the interpreter makes on its way
+# out cost every command (each `maild ingest -` from an MTA) a fifth of a second.
 gc.freeze()
 
 EX_OK = 0
@@ -41,11 +41,6 @@ EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
-
-# A bulk import spools this many mails (or bytes) per commit; each is still filed in a
-# transaction of its own, and nothing is reported done before its spool commit.
-_SPOOL_BATCH = 16
-_SPOOL_BATCH_BYTES = 8 * 1024 * 1024
 
 # Every command pays for the imports at the top of this file before it starts, each
 # `maild ingest -` an MTA pipes a mail into included; so what only some commands use
@@ -129,7 +124,7 @@ def _build_parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     olist = outbox.add_parser("list", parents=[common])
-    olist.add_argument("--state", choices=outbox_admin.STATES)
+    olist.add_argument("--state", choices=OUTBOX_STATES)
     olist.add_argument("--json", action="store_true")
     olist.set_defaults(handler=_outbox_list)
     oretry = outbox.add_parser("retry", parents=[common], help="send a failed mail again")
@@ -204,6 +199,18 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
     logs.configure(settings.logging.format, settings.logging.level)
     if not getattr(args, "needs_app", True):
         return int(args.handler(settings, args, out))
+    try:
+        if handler is _ingest:
+            args.bulk = BulkIngest(settings, args.paths)
+            args.bulk.start()
+    except MissingInput as exc:
+        print(f"maild: {exc}", file=sys.stderr)
+        return EX_NOINPUT
+    # Here, after the parse processes of an ingest were forked: see the top.
+    from maild.app import App
+    from maild.rules import RuleError
+
+    gc.freeze()
     app = App(settings)
     try:
         if handler is not _db_upgrade:
@@ -222,6 +229,8 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
         print(f"maild: temporary failure, try again later: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
     finally:
+        if handler is _ingest:
+            args.bulk.close()
         app.close()
 
 
@@ -251,48 +260,9 @@ def _worker_count(value: str) -> int:
 
 
 def _ingest(app: App, args: argparse.Namespace, out: TextIO) -> int:
-    check_inputs(args.paths)
-    results: Counter[str] = Counter()
-    ahead: ParseAhead[int] = ParseAhead(limits=MailLimits.of(app.settings.mail))
-
-    def file(spool_id: int, parsed: Parsed) -> None:
-        try:
-            outcome = app.processor.process(spool_id, parsed)
-        except TemporaryFailure as exc:
-            # The mail is safe in the spool; the next ingest or `maild run` processes it.
-            print(f"maild: spooled as {spool_id}, not processed: {exc}", file=sys.stderr)
-            results["pending"] += 1
-            return
-        if outcome is not None:
-            results[outcome.state.value] += 1
-
-    def spool_batch(batch: list[bytes]) -> None:
-        ids = spool.put_many(
-            app.db, [(raw, Envelope()) for raw in batch], "ingest", app.clock.now()
-        )
-        results["spooled"] += len(ids)
-        for done in ahead.submit(ids, list(batch)):
-            file(*done)
-        batch.clear()
-
-    try:
-        batch: list[bytes] = []
-        for incoming in read_inputs(args.paths):
-            batch.append(incoming.raw)
-            if len(batch) >= _SPOOL_BATCH or sum(map(len, batch)) >= _SPOOL_BATCH_BYTES:
-                spool_batch(batch)
-        spool_batch(batch)
-        for done in ahead.finish():
-            file(*done)
-    finally:
-        ahead.close()
-    try:
-        for outcome in app.processor.drain():  # leftovers of an earlier interrupted run
-            results[outcome.state.value] += 1
-    except TemporaryFailure as exc:
-        print(f"maild: pending mail left in the spool: {exc}", file=sys.stderr)
-    summary = ", ".join(f"{key} {value}" for key, value in sorted(results.items()))
-    print(f"ingest: {summary or 'nothing to do'}", file=out)
+    # Started in `main`, before the database stack was loaded.
+    bulk: BulkIngest = args.bulk
+    bulk.run(app, out)
     return EX_OK
 
 
@@ -350,7 +320,9 @@ def _quarantine_list(app: App, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _quarantine_show(app: App, args: argparse.Namespace, out: TextIO) -> int:
-    from maild import views  # here, not at the top: see above _build_parser
+    # Here, not at the top: see above _build_parser.
+    from maild import spool, views
+    from maild.db.models import SpoolEntry
 
     with app.db.transaction() as session:
         entry = session.get(SpoolEntry, args.id)
@@ -369,6 +341,8 @@ def _quarantine_show(app: App, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _quarantine_retry(app: App, args: argparse.Namespace, out: TextIO) -> int:
+    from maild import spool  # here, not at the top: see above _build_parser
+
     with app.db.transaction() as session:
         count = spool.requeue(session, None if args.all else [args.id])
     if count == 0 and not args.all:
@@ -389,7 +363,9 @@ def _rules_check(settings: Settings, args: argparse.Namespace, out: TextIO) -> i
 
 
 def _rules_test(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    from maild.rules import cli as rules_cli  # here, not at the top: see above _build_parser
+    # Here, not at the top: see above _build_parser.
+    from maild.rules import RuleError
+    from maild.rules import cli as rules_cli
 
     if args.mail == "-":
         raw = sys.stdin.buffer.read()
@@ -421,7 +397,9 @@ def _rules_test(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
 
 
 def _outbox_list(app: App, args: argparse.Namespace, out: TextIO) -> int:
-    from maild import views  # here, not at the top: see above _build_parser
+    # Here, not at the top: see above _build_parser.
+    from maild import views
+    from maild.outbox import admin as outbox_admin
 
     with app.db.transaction() as session:
         rows = outbox_admin.list_rows(session, args.state)
@@ -434,6 +412,8 @@ def _outbox_list(app: App, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _outbox_retry(app: App, args: argparse.Namespace, out: TextIO) -> int:
+    from maild.outbox import admin as outbox_admin  # here, not at the top: see above _build_parser
+
     with app.db.transaction() as session:
         found = outbox_admin.retry(session, args.id, app.clock.now(), app.settings.outbound.max_age)
     if not found:
@@ -444,6 +424,8 @@ def _outbox_retry(app: App, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _templates_check(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    from maild.templating import Templates  # here, not at the top: see above _build_parser
+
     templates = Templates(settings.paths.templates, settings.outbound.language)
     problems = templates.check()
     if problems:
@@ -455,7 +437,9 @@ def _templates_check(settings: Settings, args: argparse.Namespace, out: TextIO) 
 
 def _templates_render(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     # Here, not at the top: see above _build_parser.
+    from maild.app import App
     from maild.outbox.preview import NoSuchTicket, context_of_ticket, render_mail
+    from maild.templating import TemplateError, TemplateMissing, Templates, sample_context
 
     templates = Templates(settings.paths.templates, settings.outbound.language)
     app = App(settings)
@@ -545,12 +529,16 @@ def _sla_status(app: App, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _db_upgrade(app: App, args: argparse.Namespace, out: TextIO) -> int:
+    from maild.db import migrate  # here, not at the top: see above _build_parser
+
     migrate.upgrade(app.db.engine)
     print(f"database at revision {migrate.current_revision(app.db.engine)}", file=out)
     return EX_OK
 
 
 def _db_current(app: App, args: argparse.Namespace, out: TextIO) -> int:
+    from maild.db import migrate  # here, not at the top: see above _build_parser
+
     print(
         f"current {migrate.current_revision(app.db.engine)}, "
         f"head {migrate.head_revision(app.db.engine)}",

@@ -16,6 +16,7 @@ from watchfiles import awatch
 
 from maild import spool
 from maild.app import App
+from maild.db.checkpoint import Checkpointer
 from maild.health import HealthServer, Metrics, spool_status
 from maild.logs import event
 from maild.outbox.send import Sender, SenderThread
@@ -150,6 +151,10 @@ async def run(app: App, roles: Roles = ROLES["all"], workers_count: int | None =
         return spool.put_many(app.db, mails, "smtp", app.clock.now())
 
     group_commit = GroupCommit(write_many)
+    # Embedded SQLite: the log is copied into the database file beside the writers, not
+    # inside whichever SMTP session's commit crosses the threshold (db/checkpoint.py).
+    checkpointer = Checkpointer(app.db.engine)
+    checkpointer.start()
 
     # hardening (issue 9): past the spool's high mark the receivers refuse or pause.
     def pending() -> int:
@@ -268,6 +273,7 @@ async def run(app: App, roles: Roles = ROLES["all"], workers_count: int | None =
         await asyncio.to_thread(sla.stop)
     if health is not None:
         health.stop()
+    checkpointer.stop()
     event(log, "stopped")
     return 0
 

@@ -42,12 +42,22 @@ def put(db: Database, raw: bytes, envelope: Envelope, source: str, now: datetime
 
 
 def put_many(
-    db: Database, mails: list[tuple[bytes, Envelope]], source: str, now: datetime
+    db: Database,
+    mails: list[tuple[bytes, Envelope]],
+    source: str,
+    now: datetime,
+    *,
+    durable: bool = True,
 ) -> list[int]:
-    """Store several raw mails in one commit (bulk import). Returns their spool ids."""
+    """Store several raw mails in one commit (bulk import). Returns their spool ids.
+
+    `durable=False` commits without waiting for the disk; a later durable commit (of
+    this database, from any writer) makes these rows durable too, since both databases
+    write their log in commit order. Nothing may be acknowledged before that.
+    """
     if not mails:
         return []  # an empty parameter list would insert one row of defaults
-    with db.begin() as conn:
+    with db.begin(replayable=not durable) as conn:
         # Core, not ORM objects: this runs before every 250, and the unit of work added
         # almost half again to the cost of writing the bytes.
         ids = list(

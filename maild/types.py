@@ -34,6 +34,10 @@ class Direction(enum.StrEnum):
     OUT = "out"
 
 
+# What an outbox row can be in (`maild outbox list --state`).
+OUTBOX_STATES = ("pending", "sent", "failed", "bounced")
+
+
 class MessageKind(enum.StrEnum):
     CUSTOMER = "customer"
     AGENT_REPLY = "agent_reply"

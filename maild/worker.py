@@ -24,8 +24,9 @@ from maild.errors import TemporaryFailure
 from maild.lifetime import die_with_parent
 from maild.logs import event
 from maild.pipeline.limits import MailLimits
+from maild.pipeline.parse import Parsed
 from maild.pipeline.parse_ahead import ParseAhead
-from maild.pipeline.process import Outcome, Parsed, Processor
+from maild.pipeline.process import Outcome, Processor
 from maild.rules import RuleHolder
 
 log = logging.getLogger("maild.worker")

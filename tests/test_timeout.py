@@ -14,8 +14,8 @@ import pytest
 from maild.cli import EX_OK, main
 from maild.errors import Quarantine
 from maild.pipeline.limits import DEFAULT_LIMITS
+from maild.pipeline.parse import parse_or_error
 from maild.pipeline.parse_ahead import ParseAhead
-from maild.pipeline.process import parse_or_error
 from maild.types import ParsedMail
 from tests.conftest import make_mail
 from tests.daemon import Daemon

@@ -12,7 +12,20 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    inspect,
+    text,
+)
+
+from maild.db import models  # noqa: F401  (registers the tables on Base.metadata)
+from maild.db.base import Base
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -39,6 +52,34 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     from alembic import command
 
     command.upgrade(_config(engine), revision)
+
+
+# Alembic's own bookkeeping table, as alembic creates it (the stamp `create_fresh` writes).
+_VERSION = Table(
+    "alembic_version",
+    MetaData(),
+    Column("version_num", String(32), nullable=False),
+    PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
+)
+
+
+def create_fresh(connection: Connection) -> bool:
+    """Build the current schema in one go on a database with no tables, stamped at head,
+    as alembic's cookbook advises for new databases; False, touching nothing, when the
+    database has tables or the head cannot be read from the files (then `upgrade`).
+
+    Running the migrations one by one on a new SQLite file cost 0.13 s, with alembic's
+    import, which a first `maild ingest` or `maild run` would pay. The caller's
+    transaction makes it all or nothing; tests/test_migrations.py checks that both
+    roads lead to the same schema.
+    """
+    head = head_in_files()
+    if head is None or inspect(connection).get_table_names():
+        return False
+    Base.metadata.create_all(connection)
+    _VERSION.create(connection)
+    connection.execute(_VERSION.insert().values(version_num=head))
+    return True
 
 
 def current_revision(engine: Engine) -> str | None:

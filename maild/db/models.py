@@ -86,7 +86,7 @@ class Ticket(Base):
     assignee: Mapped[str | None] = mapped_column(String(320), index=True)
     # When the assignee was last set: round-robin assignment continues after the latest.
     assigned_at: Mapped[datetime | None]
-    tags: Mapped[list[str]] = mapped_column(default=list)
+    tags: Mapped[list[str]] = mapped_column(default=list, server_default="[]")
     requester_id: Mapped[int] = mapped_column(ForeignKey("contact.id"))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -130,7 +130,8 @@ class Message(Base):
     direction: Mapped[str] = mapped_column(String(8))
     kind: Mapped[str] = mapped_column(String(16))
     mail_class: Mapped[str] = mapped_column(String(16))
-    message_id: Mapped[str] = mapped_column(String(998), index=True)
+    # Looked up through the unique constraint below, an index that begins with it.
+    message_id: Mapped[str] = mapped_column(String(998))
     body_hash: Mapped[str] = mapped_column(String(64))
     in_reply_to: Mapped[list[str]]
     references: Mapped[list[str]]

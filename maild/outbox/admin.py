@@ -10,8 +10,6 @@ from sqlalchemy.orm import Session
 
 from maild.db.models import Outbox, Ticket
 
-STATES = ("pending", "sent", "failed", "bounced")
-
 
 def list_rows(session: Session, state: str | None = None) -> list[dict[str, Any]]:
     """Outbox rows, oldest first, as plain JSON-ready data (no mail bytes)."""

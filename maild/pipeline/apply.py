@@ -6,6 +6,7 @@ rather than through the ORM's unit of work; the models stay the schema and the r
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -38,6 +39,9 @@ _TICKET = _table(Ticket)
 _INSERT_TICKET = insert(_TICKET).returning(_TICKET.c.id)
 _SET_NUMBER = (
     update(_TICKET).where(_TICKET.c.id == bindparam("ticket_id")).values(number=bindparam("number"))
+)
+_TICKET_STATE = select(_TICKET.c.number, _TICKET.c.status, _TICKET.c.tags).where(
+    _TICKET.c.id == bindparam("ticket_id")
 )
 _INSERT_MESSAGE = insert(_table(Message)).returning(_table(Message).c.id)
 _INSERT_ATTACHMENT = insert(_table(Attachment))
@@ -118,9 +122,7 @@ def apply(
             events += _follow_up_events(conn, ticket_id, number, decision.claimed_ticket_id)
     else:
         ticket_id = decision.ticket_id
-        current = conn.execute(
-            select(Ticket.number, Ticket.status, Ticket.tags).where(Ticket.id == ticket_id)
-        ).one()
+        current = conn.execute(_TICKET_STATE, {"ticket_id": ticket_id}).one()
         number, status = str(current.number), current.status
         changes: dict[str, Any] = {"updated_at": now}
         if mail_class not in (MailClass.AUTO_REPLY, MailClass.BOUNCE) and (
@@ -139,7 +141,7 @@ def apply(
                     {"from": status, "to": changes["status"], "why": why},
                 )
             )
-        conn.execute(update(_TICKET).where(_TICKET.c.id == ticket_id).values(**changes))
+        conn.execute(_update_ticket(frozenset(changes)), {"ticket_id": ticket_id, **changes})
     events += _route_events(ticket_id, route, assignment)
 
     roles = {address: "cc" for address in contact_ids}
@@ -151,6 +153,17 @@ def apply(
     message_id = _store_message(conn, ticket_id, mail, mail_class, spool_id, now)
     record_events(conn, events, now)
     return Applied(ticket_id, number, message_id, decision.ticket_id is None)
+
+
+@functools.cache
+def _update_ticket(columns: frozenset[str]) -> Any:
+    """UPDATE ticket SET these columns, one statement per set of columns: there are few
+    sets, and building the statement for each mail cost more than running it."""
+    return (
+        update(_TICKET)
+        .where(_TICKET.c.id == bindparam("ticket_id"))
+        .values({column: bindparam(column) for column in columns})
+    )
 
 
 def _participants(

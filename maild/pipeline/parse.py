@@ -23,6 +23,7 @@ from mailparser.dates import parse_mail_date
 from mailparser.utils import get_addresses
 
 from maild.errors import Quarantine
+from maild.pipeline.deadline import ParseTimeout, deadline, timeout_quarantine
 from maild.pipeline.limits import DEFAULT_LIMITS, MailLimits
 from maild.pipeline.text import (
     codec_name,
@@ -132,6 +133,22 @@ _SIMPLE_MAILBOX: Final = re.compile(
     r"""|[ \t]*([A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+)[ \t]*"""
 )
 _LOOSE_ADDRESS: Final = re.compile(r"[^\s<>(),;:\"'@\[\]]+@[^\s<>(),;:\"'@\[\]]+\.[A-Za-z]{2,}")
+
+
+# A parse's result, or why there is none: kept as a value (parsing may happen in another
+# process, ahead of time) and recorded by the transaction that claims the mail.
+Parsed = ParsedMail | Exception
+
+
+def parse_or_error(raw: bytes, limits: MailLimits = DEFAULT_LIMITS) -> Parsed:
+    """`parse` within `[mail] max_parse_seconds`, a failure returned instead of raised."""
+    try:
+        with deadline(limits.max_parse_seconds):
+            return parse(raw, limits)
+    except ParseTimeout:
+        return timeout_quarantine(limits.max_parse_seconds, limits.max_parse_seconds)
+    except Exception as exc:  # the orchestrator's catch-all, deferred to the claim
+        return exc
 
 
 def parse(raw: bytes, limits: MailLimits = DEFAULT_LIMITS) -> ParsedMail:

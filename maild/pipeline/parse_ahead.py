@@ -24,7 +24,7 @@ from typing import Generic, TypeVar
 from maild.lifetime import die_with_parent
 from maild.pipeline.deadline import timeout_quarantine
 from maild.pipeline.limits import DEFAULT_LIMITS, MailLimits
-from maild.pipeline.process import Parsed, parse_or_error
+from maild.pipeline.parse import Parsed, parse_or_error
 
 Key = TypeVar("Key")
 

@@ -28,9 +28,8 @@ from maild.outbox.bounce import record_bounce
 from maild.outbox.queue import Acknowledger
 from maild.pipeline.apply import apply
 from maild.pipeline.classify import classify
-from maild.pipeline.deadline import ParseTimeout, deadline, timeout_quarantine
-from maild.pipeline.limits import DEFAULT_LIMITS, MailLimits
-from maild.pipeline.parse import parse
+from maild.pipeline.limits import MailLimits
+from maild.pipeline.parse import Parsed, parse_or_error
 from maild.pipeline.thread import thread
 from maild.rules import RuleSet, choose_agent
 from maild.sla.track import SlaTracker
@@ -53,9 +52,6 @@ class Outcome:
     auto_reply_suppressed: str | None = None
 
 
-Parsed = ParsedMail | Exception
-
-
 def _summary(mail: Parsed | None, raw: bytes | None) -> spool.Summary:
     if isinstance(mail, ParsedMail):
         sender = mail.from_
@@ -64,17 +60,6 @@ def _summary(mail: Parsed | None, raw: bytes | None) -> spool.Summary:
             from_ = f"{sender.name} <{sender.address}>" if sender.name else sender.address
         return spool.Summary(from_, mail.subject, mail.message_id)
     return spool.summarise(raw) if raw is not None else spool.Summary(None, None, None)
-
-
-def parse_or_error(raw: bytes, limits: MailLimits = DEFAULT_LIMITS) -> Parsed:
-    """Parse, keeping a failure as a value so it is recorded in the claiming transaction."""
-    try:
-        with deadline(limits.max_parse_seconds):
-            return parse(raw, limits)
-    except ParseTimeout:
-        return timeout_quarantine(limits.max_parse_seconds, limits.max_parse_seconds)
-    except Exception as exc:  # the orchestrator's catch-all, deferred to _run
-        return exc
 
 
 class _Step:

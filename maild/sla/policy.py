@@ -331,6 +331,10 @@ def _stage(
     )
 
 
+def _watched(directory: Path) -> tuple[str, ...]:
+    return tuple(str(directory / name) for name in (SLA_FILE, TEAMS_FILE))
+
+
 class SlaHolder:
     """The policies in force. Re-reads the directory when `sla.yaml` or `teams.yaml`
     changed (a stat per look, so every worker process follows edits by itself); a
@@ -338,6 +342,8 @@ class SlaHolder:
 
     def __init__(self, directory: str | Path, policies: PolicySet) -> None:
         self.directory = Path(directory)
+        # As strings, made once: joining Paths on each look cost more than the stat.
+        self._files = _watched(self.directory)
         self._current = policies
         self._seen: tuple[tuple[int, int] | None, ...] | None = self._signature()
         self._lock = threading.Lock()
@@ -347,7 +353,7 @@ class SlaHolder:
     @classmethod
     def load(cls, directory: str | Path) -> SlaHolder:
         """The first set. Raises RuleError: without good policies there is nothing to keep."""
-        signature_before = cls._stat(Path(directory))
+        signature_before = cls._stat(_watched(Path(directory)))
         holder = cls(directory, load_policies(directory))
         holder._seen = signature_before
         return holder
@@ -370,18 +376,18 @@ class SlaHolder:
             raise RuleError(self.last_issues)
 
     @staticmethod
-    def _stat(directory: Path) -> tuple[tuple[int, int] | None, ...]:
+    def _stat(files: tuple[str, ...]) -> tuple[tuple[int, int] | None, ...]:
         found: list[tuple[int, int] | None] = []
-        for name in (SLA_FILE, TEAMS_FILE):
+        for name in files:
             try:
-                info = os.stat(directory / name)
+                info = os.stat(name)
                 found.append((info.st_mtime_ns, info.st_size))
             except OSError:
                 found.append(None)
         return tuple(found)
 
     def _signature(self) -> tuple[tuple[int, int] | None, ...] | None:
-        return self._stat(self.directory)
+        return self._stat(self._files)
 
     @property
     def current(self) -> PolicySet:

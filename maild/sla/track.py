@@ -91,19 +91,27 @@ def facts_of(row: Row[Any]) -> TicketFacts:
     )
 
 
+_LEDGER_OF = select(
+    LEDGER.c.ticket_id, LEDGER.c.target, LEDGER.c.cycle, LEDGER.c.stage, LEDGER.c.occurrence
+).where(LEDGER.c.ticket_id.in_(bindparam("ticket_ids", expanding=True)))
+
+
 def fired_keys(conn: Connection, ticket_ids: list[int]) -> dict[int, set[StageKey]]:
     """The ledger's stage keys of each ticket."""
     found: dict[int, set[StageKey]] = {i: set() for i in ticket_ids}
     if not ticket_ids:
         return found
-    rows = conn.execute(
-        select(
-            LEDGER.c.ticket_id, LEDGER.c.target, LEDGER.c.cycle, LEDGER.c.stage, LEDGER.c.occurrence
-        ).where(LEDGER.c.ticket_id.in_(ticket_ids))
-    )
-    for row in rows:
+    for row in conn.execute(_LEDGER_OF, {"ticket_ids": ticket_ids}):
         found[row.ticket_id].add((row.target, row.cycle, row.stage, row.occurrence))
     return found
+
+
+# Every clock column is written each time, so the statement is one shape and compiles once.
+_SET_CLOCKS = (
+    update(TICKET)
+    .where(TICKET.c.id == bindparam("ticket_id"))
+    .values({column: bindparam(column) for column in (*Clocks().columns(), "next_sla_check_at")})
+)
 
 
 class SlaTracker:
@@ -121,7 +129,7 @@ class SlaTracker:
         policies = self._policies()
         # Without policies nothing starts, and a new ticket has no clocks to clear.
         if policies.policies:
-            self.refresh(conn, ticket_id, now, policies=policies)
+            self.refresh(conn, ticket_id, now, policies=policies, new_ticket=True)
 
     def on_customer_reply(self, conn: Connection, ticket_id: int, now: datetime) -> None:
         """A customer's mail joined the ticket: next response re-arms; a resolved ticket
@@ -160,8 +168,12 @@ class SlaTracker:
         customer_replied: bool = False,
         agent_replied: bool = False,
         policies: PolicySet | None = None,
+        new_ticket: bool = False,
     ) -> Clocks:
-        """Bring the ticket's clocks and `next_sla_check_at` up to date; returns the clocks."""
+        """Bring the ticket's clocks and `next_sla_check_at` up to date; returns the clocks.
+
+        `new_ticket`: created in this transaction, so no stage has fired for it yet.
+        """
         row = conn.execute(_ONE_TICKET, {"ticket_id": ticket_id}).one()
         policies = self._policies() if policies is None else policies
         policy = policies.choose(row.sla_policy, facts_of(row))
@@ -179,12 +191,11 @@ class SlaTracker:
             customer_replied=customer_replied,
             agent_replied=agent_replied,
         )
-        check = sla_clocks.next_check(after, policy, fired_keys(conn, [ticket_id])[ticket_id])
+        fired = set() if new_ticket else fired_keys(conn, [ticket_id])[ticket_id]
+        check = sla_clocks.next_check(after, policy, fired)
         if after != before or check != row.next_sla_check_at:
             conn.execute(
-                update(TICKET)
-                .where(TICKET.c.id == ticket_id)
-                .values(**after.columns(), next_sla_check_at=check)
+                _SET_CLOCKS, {"ticket_id": ticket_id, **after.columns(), "next_sla_check_at": check}
             )
         record_events(conn, [EventRow(ticket_id, kind, data) for kind, data in events], now)
         return after
