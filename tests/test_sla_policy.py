@@ -10,6 +10,8 @@ from email.policy import default
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from maild.config import parse_settings
 from maild.sla import clocks as sla_clocks
@@ -46,6 +48,8 @@ policies:
     match: {}
     targets: {resolution: 2d}
 """
+
+_SHIPPED = load_policies(Path(__file__).resolve().parents[1] / "rules")
 
 
 def facts(**values: str | None) -> TicketFacts:
@@ -109,6 +113,38 @@ def test_catch_up_all_fires_every_missed_stage(policies: PolicySet) -> None:
     assert late.next_check(done) is None
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    start=st.datetimes(datetime(2026, 1, 1), datetime(2027, 12, 31), timezones=st.just(UTC)),
+    priority=st.sampled_from(["low", "normal", "high", "urgent"]),
+    replied=st.booleans(),
+    fired_bits=st.integers(min_value=0, max_value=2**12 - 1),
+)
+def test_next_check_is_the_earliest_occurrence_not_fired(
+    start: datetime, priority: str, replied: bool, fired_bits: int
+) -> None:
+    """Every stage and repeat of the shipped policy, any subset fired: next_check (which
+    works out only each stage's first occurrence left) equals the minimum over all."""
+    standard = _SHIPPED.policies["standard"]
+    clocks, _ = sla_clocks.update(
+        Clocks(), standard, None, status="new", priority=priority, now=start
+    )
+    if replied:
+        clocks, _ = sla_clocks.update(
+            clocks,
+            standard,
+            standard,
+            status="open",
+            priority=priority,
+            now=start + timedelta(hours=1),
+            customer_replied=True,
+        )
+    every = sla_clocks.occurrences(clocks, standard)
+    fired = {o.key for n, o in enumerate(every) if fired_bits >> n & 1}
+    expected = min((o.at for o in every if o.key not in fired), default=None)
+    assert sla_clocks.next_check(clocks, standard, fired) == expected
+
+
 def test_priority_change_keeps_the_time_used(policies: PolicySet) -> None:
     billing = policies.policies["billing"]
     start = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # Monday 09:00 New York
@@ -156,8 +192,7 @@ def test_notices_are_well_formed_mime_with_encoded_subjects(tmp_path: Path) -> N
 
 
 def test_the_shipped_policies_load() -> None:
-    shipped = load_policies(Path(__file__).resolve().parents[1] / "rules")
-    standard = shipped.policies["standard"]
+    standard = _SHIPPED.policies["standard"]
     assert standard.calendar.timezone == "Europe/Budapest"
     assert [s.name for s in standard.stages][:2] == ["remind", "breach"]
 

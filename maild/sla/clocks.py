@@ -7,7 +7,7 @@ the policy and what the ledger says has fired.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -208,9 +208,19 @@ class Occurrence:
 
 def occurrences(clocks: Clocks, policy: Policy) -> list[Occurrence]:
     """Every stage occurrence of the running targets; none while the clock is paused."""
+    return [
+        Occurrence(target, cycle, stage, k, stage.when(due, total, policy.calendar, k))
+        for target, cycle, due, total, stage in _staged(clocks, policy)
+        for k in range(stage.times)
+    ]
+
+
+def _staged(
+    clocks: Clocks, policy: Policy
+) -> Iterator[tuple[TargetName, int, datetime, timedelta, Stage]]:
+    """Each running target with each stage that watches it; none while paused."""
     if clocks.paused_at is not None:
-        return []
-    found: list[Occurrence] = []
+        return
     for target, due in clocks.running():
         total = policy.target(target, clocks.priority or "normal")
         if total is None:
@@ -218,10 +228,7 @@ def occurrences(clocks: Clocks, policy: Policy) -> list[Occurrence]:
         cycle = clocks.cycle(target)
         for stage in policy.stages:
             if target in stage.targets:
-                for k in range(stage.times):
-                    at = stage.when(due, total, policy.calendar, k)
-                    found.append(Occurrence(target, cycle, stage, k, at))
-    return found
+                yield target, cycle, due, total, stage
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,4 +268,14 @@ def next_check(clocks: Clocks, policy: Policy | None, fired: set[StageKey]) -> d
     """The earliest occurrence not in the ledger yet, due or not."""
     if policy is None:
         return None
-    return min((o.at for o in occurrences(clocks, policy) if o.key not in fired), default=None)
+    earliest: datetime | None = None
+    for target, cycle, due, total, stage in _staged(clocks, policy):
+        # A stage's occurrences come one after the other, so the first one not fired
+        # is the earliest of those left: the rest need no calendar arithmetic (this
+        # runs for every mail).
+        left = (k for k in range(stage.times) if (target, cycle, stage.name, k) not in fired)
+        k = next(left, None)
+        if k is not None:
+            at = stage.when(due, total, policy.calendar, k)
+            earliest = at if earliest is None else min(earliest, at)
+    return earliest
