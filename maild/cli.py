@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import json
 import sys
@@ -237,6 +236,8 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
 def _run(app: App, args: argparse.Namespace, out: TextIO) -> int:
     # Imported here: the listener, scheduler and metrics stacks cost a third of a second,
     # which every `maild ingest -` an MTA pipes a mail into would otherwise pay.
+    import asyncio
+
     from maild import daemon
 
     return asyncio.run(daemon.run(app, ROLES[args.role], args.workers))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from maild.app import App
 from maild.db import queries
@@ -29,6 +29,28 @@ def test_contacts_are_created_once_and_found_again_in_any_case(app: App) -> None
     assert again["ann@x.example"] == first["ann@x.example"]
     assert len({*first.values(), *again.values()}) == 3
     assert contact_count(app) == 3
+
+
+def test_what_was_looked_up_is_not_asked_again(app: App) -> None:
+    now = app.clock.now()
+    with app.db.begin() as conn:
+        ann = queries.contacts_for(conn, {"ann@x.example": "Ann"}, now)["ann@x.example"]
+    asked: list[str] = []
+    with app.db.begin() as conn:
+        looked_up = queries.look_up_contacts(conn, ["Ann@X.example", "Dan@X.example"])
+        assert looked_up == {"ann@x.example": ann, "dan@x.example": None}
+
+        def counting(*args: object) -> None:
+            asked.append(str(args[2]))
+
+        event.listen(conn, "before_cursor_execute", counting)
+        found = queries.contacts_for(
+            conn, {"ann@x.example": "", "dan@x.example": "Dan"}, now, looked_up=looked_up
+        )
+    assert found["ann@x.example"] == ann
+    assert contact_count(app) == 2
+    # Only Dan's contact was written; nobody was looked up a second time.
+    assert [statement.split()[0] for statement in asked] == ["INSERT"]
 
 
 @postgres_only

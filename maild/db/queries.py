@@ -60,15 +60,26 @@ def find_duplicate(conn: Connection, message_id: str, body_hash: str) -> str | N
     return conn.scalar(_DUPLICATE, {"mid": message_id, "hash": body_hash})
 
 
-def contacts_for(conn: Connection, people: dict[str, str], now: datetime) -> dict[str, int]:
+def contacts_for(
+    conn: Connection,
+    people: dict[str, str],
+    now: datetime,
+    *,
+    looked_up: dict[str, int | None] | None = None,
+) -> dict[str, int]:
     """Contact ids for these addresses (address -> display name), creating the missing ones.
 
+    `looked_up`: what `look_up_contacts` said earlier in this transaction, not asked again.
     Safe against a concurrent creator: the insert skips addresses that exist by then.
     """
     if not people:
         return {}
     wanted = {address.lower(): name for address, name in people.items()}
-    found = _contact_ids(conn, list(wanted))
+    known = looked_up or {}
+    found = {a: i for a, i in known.items() if a in wanted and i is not None}
+    unasked = [a for a in wanted if a not in known]
+    if unasked:
+        found.update(_contact_ids(conn, unasked))
     missing = [a for a in wanted if a not in found]
     if missing:
         rows = [{"address": a, "name": wanted[a], "created_at": now} for a in missing]
@@ -79,6 +90,15 @@ def contacts_for(conn: Connection, people: dict[str, str], now: datetime) -> dic
         if raced:
             found.update(_contact_ids(conn, raced))
     return found
+
+
+def look_up_contacts(conn: Connection, addresses: list[str]) -> dict[str, int | None]:
+    """Each address, lower-cased, with its contact's id, or None if it has no contact."""
+    if not addresses:
+        return {}
+    wanted = [address.lower() for address in addresses]
+    found = _contact_ids(conn, wanted)
+    return {address: found.get(address) for address in wanted}
 
 
 def _contact_ids(conn: Connection, addresses: list[str]) -> dict[str, int]:
@@ -155,7 +175,6 @@ _LAST_ASSIGNED_IN = (
 )
 # A namespace of our own for the two-key advisory lock (migrations use 727274).
 _ROTATION_LOCK = text("SELECT pg_advisory_xact_lock(727275, hashtext(:team))")
-_KNOWN_CONTACT = select(Contact.id).where(Contact.address == bindparam("address"))
 
 
 class SqlAgentLoad:
@@ -175,9 +194,3 @@ class SqlAgentLoad:
             # has one writer at a time anyway.)
             self._conn.execute(_ROTATION_LOCK, {"team": team})
         return self._conn.scalar(_LAST_ASSIGNED_IN, {"team": team})
-
-
-def is_known_contact(conn: Connection, address: str | None) -> bool:
-    if not address:
-        return False
-    return conn.scalar(_KNOWN_CONTACT, {"address": address.lower()}) is not None

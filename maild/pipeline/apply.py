@@ -95,11 +95,13 @@ def apply(
     settings: Settings,
     numbering: Numbering,
     now: datetime,
+    looked_up: dict[str, int | None] | None = None,
 ) -> Applied:
     """Store the mail in its ticket (opening one if the decision says so), with the fields,
-    tags and assignee routing chose."""
+    tags and assignee routing chose. `looked_up`: contacts this transaction has looked
+    up already (`queries.look_up_contacts`)."""
     people = _participants(mail, requester, settings)
-    contact_ids = queries.contacts_for(conn, people, now)
+    contact_ids = queries.contacts_for(conn, people, now, looked_up=looked_up)
     events: list[EventRow] = []
     routed = _routed_fields(route, assignment, now)
 

@@ -263,13 +263,15 @@ class Processor:
 
         step.name = "route"
         sender = mail.from_.address if mail.from_ else None
+        # Looked up before this mail adds anyone; apply reuses the answer.
+        looked_up = queries.look_up_contacts(conn, [sender] if sender else [])
         route = rules.route(
             mail,
             envelope,
             mail_class=mail_class,
             is_reply=decision.ticket_id is not None,
             came_in_on=self._came_in_on(envelope),
-            known_customer=rules.asks("sender_is") and queries.is_known_contact(conn, sender),
+            known_customer=any(found is not None for found in looked_up.values()),
             received_at=entry.received_at,
             calendars=self._sla.calendars()
             if self._sla is not None and rules.asks("business_hours")
@@ -296,6 +298,7 @@ class Processor:
             settings=self._settings,
             numbering=self._numbering,
             now=self._clock.now(),
+            looked_up=looked_up,
         )
         # outbox (issue 6): the acknowledgement is queued in this same transaction.
         step.name = "outbox"
