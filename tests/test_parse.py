@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import random
 import re
+import sys
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from mailparser_reply.parser import EmailMessage
 
 from maild.errors import Quarantine
 from maild.pipeline.limits import DEFAULT_LIMITS
 from maild.pipeline.parse import parse
-from maild.pipeline.text import decode_text, html_to_text, strip_reply
+from maild.pipeline.text import (
+    _REPLY_TEMPLATE,
+    decode_text,
+    html_to_text,
+    newest_reply,
+    strip_reply,
+)
 from maild.types import Address, ParsedMail
-from tests.conftest import CORPUS_DEV, need_corpus
+from tests.conftest import CORPUS_DEV, REPO, need_corpus
 
 DATA = Path(__file__).parent / "data" / "parse"
 CORPUS = CORPUS_DEV
@@ -567,3 +576,43 @@ def test_every_corpus_file_parses_or_is_quarantined() -> None:
     # headerless reply bodies are quarantined; every real mail parses
     assert parsed > 300
     assert quarantined < 80
+
+
+def _bench_corpus(dest: Path, count: int) -> list[Path]:
+    spec = importlib.util.spec_from_file_location("bench_corpus", REPO / "bench" / "corpus.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    paths: list[Path] = module.generate(dest, count)
+    return paths
+
+
+def test_the_newest_reply_is_the_one_the_library_reads(tmp_path: Path) -> None:
+    """`newest_reply` stops where the library's `read` goes on through the history: on
+    the test mails, 300 generated ones (replies in each client style and language) and
+    the real-world corpus when it is there, both give the same newest reply."""
+    paths = sorted(DATA.glob("*.eml")) + _bench_corpus(tmp_path / "bench", 300)
+    if CORPUS.is_dir():
+        paths += sorted(p for p in CORPUS.rglob("*.eml") if p.is_file())
+    compared = replies = 0
+    for path in paths:
+        try:
+            text = parse(path.read_bytes()).text
+        except Quarantine:
+            continue
+        mine, only = newest_reply(text)
+        read = EmailMessage(
+            text=text, languages=list(_REPLY_TEMPLATE.languages), keep_hyphen_lists=True
+        ).read()
+        theirs = read.replies[0]
+        assert (mine.content, mine.headers, mine.signatures, mine.disclaimers) == (
+            theirs.content,
+            theirs.headers,
+            theirs.signatures,
+            theirs.disclaimers,
+        ), path
+        assert only == (theirs is read.replies[-1]), path
+        compared += 1
+        replies += not only
+    assert compared > 300 and replies > 100

@@ -14,7 +14,7 @@ import html2text
 from charset_normalizer import from_bytes
 from mailparser_reply import EmailReplyParser
 from mailparser_reply.constants import MAIL_LANGUAGES, QUOTED_MATCH_INCLUDE
-from mailparser_reply.parser import EmailMessage
+from mailparser_reply.parser import EmailMessage, EmailReply
 
 __all__ = [
     "Decoded",
@@ -391,6 +391,40 @@ def _map_back(body: str, probe: list[str], origin: list[int], lines: list[str]) 
     return kept
 
 
+def newest_reply(text: str) -> tuple[EmailReply, bool]:
+    """The library's newest reply of `text` (`EmailMessage.read().replies[0]`), and whether
+    it is the only one.
+
+    Worked out as `read` does, but stopping there: `read` runs the header regex over the
+    whole text and the signature regexes over every older reply too, which on a mail
+    with quoted history cost as much again as this (bench/ingest.py). tests/test_parse.py
+    holds it to `read` on real-world mails.
+    """
+    message = EmailMessage(
+        text=text,
+        languages=list(_REPLY_TEMPLATE.languages),
+        keep_hyphen_lists=True,
+        **_REPLY_REGEXES,
+    )
+    normalized: str = message.text
+    position, header_before = 0, ""
+    for match in message.HEADER_REGEX.finditer(normalized):
+        for header in filter(None, match.groups()):
+            end = normalized.find(header, position + 1 if position > 0 else position)
+            reply = _reply(message, header_before, normalized[position:end])
+            position, header_before = max(end, 0), header
+            if reply.content:
+                return reply, False
+    return _reply(message, header_before, normalized[position:]), True
+
+
+def _reply(message: EmailMessage, headers: str, content: str) -> EmailReply:
+    disclaimers, signatures = message._process_signatures_disclaimers(content)
+    return EmailReply(
+        headers=headers, content=content, signatures=signatures, disclaimers=disclaimers
+    )
+
+
 def _reply_body(reply: Any, keep_signature: bool = False) -> tuple[str, bool]:
     """The text of a reply without its header, disclaimers and signature (unless kept);
     and whether a signature was cut.
@@ -506,16 +540,10 @@ def strip_reply(text: str, keep_signature: bool = False) -> str:
     if _interleaved(probe):
         candidate = normalized
     else:
-        message = EmailMessage(
-            text="\n".join(probe),
-            languages=list(_REPLY_TEMPLATE.languages),
-            keep_hyphen_lists=True,
-            **_REPLY_REGEXES,
-        ).read()
-        first = message.replies[0]
+        first, only = newest_reply("\n".join(probe))
         body, signed = _reply_body(first, keep_signature)
         candidate = "\n".join(_map_back(body, probe, origin, lines))
-        if tail and first is message.replies[-1] and not signed:
+        if tail and only and not signed:
             # Nothing ended the newest part inside the head: the rest belongs to it.
             candidate += tail
     candidate = _without_trailing_quote(candidate).strip("\n")
