@@ -75,6 +75,23 @@ class ParsedAttachment:
 
 
 @dataclass(frozen=True, slots=True)
+class BounceReport:
+    """What the DSN says about the failed delivery (RFC 3464 fields, when present)."""
+
+    original_message_ids: tuple[str, ...]
+    recipient: str | None
+    status: str | None
+    diagnostic: str | None
+    action: str | None = None
+
+    @property
+    def delayed(self) -> bool:
+        """A delay notice (RFC 3464 `Action: delayed`, or a 4.x.x status): the MTA is
+        still trying, so the address is not dead."""
+        return (self.action or "").lower() == "delayed" or (self.status or "").startswith("4")
+
+
+@dataclass(frozen=True, slots=True)
 class ParsedMail:
     """Everything the later steps need from one raw mail.
 
@@ -101,6 +118,8 @@ class ParsedMail:
     attachments: tuple[ParsedAttachment, ...]
     headers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     defects: tuple[str, ...] = ()
+    # What an RFC 3464 report (multipart/report) says, read while parsing.
+    bounce_report: BounceReport | None = None
 
     def header(self, name: str) -> str | None:
         """First value of a header (case-insensitive name), decoded, or None."""

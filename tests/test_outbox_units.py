@@ -13,8 +13,8 @@ from jinja2 import UndefinedError
 
 from maild.config import OutboundSettings, parse_settings
 from maild.errors import ConfigError
-from maild.outbox.bounce import read_report
 from maild.outbox.compose import compose_reply, sending_address
+from maild.outbox.dsn import read_report
 from maild.outbox.guard import Guard, RecentMail, Refusal
 from maild.outbox.send import SendError, backoff
 from maild.pipeline.parse import parse
@@ -279,3 +279,25 @@ def test_bounce_report_from_a_quoted_original() -> None:
     report = read_report(raw)
     assert report.original_message_ids == ("<ours@example.com>",)
     assert report.status is None
+
+
+def test_a_delivery_report_is_read_when_the_mail_is_parsed() -> None:
+    dsn = (
+        b"From: MAILER-DAEMON@mx.example\r\nSubject: Undelivered Mail\r\n"
+        b"Message-ID: <dsn2@mx.example>\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nFailed.\r\n"
+        b"--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; mx.example\r\n\r\n"
+        b"Final-Recipient: rfc822; gone@customer.example\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        b"--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        b"Message-ID: <ours2@example.com>\r\nSubject: Re: x\r\n"
+        b"--b--\r\n"
+    )
+    report = parse(dsn).bounce_report
+    assert report == read_report(dsn)
+    assert report is not None and report.original_message_ids == ("<ours2@example.com>",)
+    assert (report.recipient, report.status) == ("gone@customer.example", "5.1.1")
+    # A read receipt is a report too, but not about a delivery: nothing is read ahead.
+    receipt = dsn.replace(b"report-type=delivery-status", b"report-type=disposition-notification")
+    assert parse(receipt).bounce_report is None

@@ -31,6 +31,7 @@ _DUPLICATE = (
 _CONTACT_IDS = select(Contact.address, Contact.id).where(
     Contact.address.in_(bindparam("addresses", expanding=True))
 )
+_CONTACT_ID = select(Contact.id).where(Contact.address == bindparam("address"))
 
 
 class SqlThreadIndex:
@@ -97,6 +98,10 @@ def look_up_contacts(conn: Connection, addresses: list[str]) -> dict[str, int | 
     if not addresses:
         return {}
     wanted = [address.lower() for address in addresses]
+    if len(wanted) == 1:
+        # The usual case (the sender), without the IN list: rendering it for each
+        # execution cost more than the lookup.
+        return {wanted[0]: conn.scalar(_CONTACT_ID, {"address": wanted[0]})}
     found = _contact_ids(conn, wanted)
     return {address: found.get(address) for address in wanted}
 

@@ -7,105 +7,36 @@ matched against the outbox, whose rows keep the Message-ID of every mail we sent
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email import message_from_bytes
-from email.message import Message
-from email.parser import HeaderParser
-from email.policy import compat32
 
 from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from maild import spool
+from maild.outbox.dsn import read_report
 from maild.outbox.tables import BOUNCING, OUTBOX
 from maild.pipeline.apply import EventRow, record_events
-
-_ORIGINAL_PARTS = {"message/rfc822", "text/rfc822-headers", "message/rfc822-headers"}
-_QUOTED_ID = re.compile(rb"^\s*Message-ID:\s*(<[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """What the DSN says about the failed delivery (RFC 3464 fields, when present)."""
-
-    original_message_ids: tuple[str, ...]
-    recipient: str | None
-    status: str | None
-    diagnostic: str | None
-    action: str | None = None
-
-    @property
-    def delayed(self) -> bool:
-        """A delay notice (RFC 3464 `Action: delayed`, or a 4.x.x status): the MTA is
-        still trying, so the address is not dead."""
-        return (self.action or "").lower() == "delayed" or (self.status or "").startswith("4")
-
-
-def read_report(raw: bytes) -> Report:
-    """Pure: the original Message-IDs and the per-recipient status of a bounce."""
-    message = message_from_bytes(raw, policy=compat32)
-    ids: list[str] = []
-    recipient = status = diagnostic = action = None
-    for part in message.walk():
-        content_type = part.get_content_type()
-        if content_type in _ORIGINAL_PARTS:
-            ids += _original_ids(part)
-        elif content_type == "message/delivery-status":
-            for block in _blocks(part):
-                recipient = recipient or _address(block.get("Final-Recipient"))
-                recipient = recipient or _address(block.get("Original-Recipient"))
-                status = status or _clean(block.get("Status"))
-                diagnostic = diagnostic or _clean(block.get("Diagnostic-Code"))
-                action = action or _clean(block.get("Action"))
-    if not ids:
-        # No structured original: a quoted header block in the text (qmail, Exim, old Sendmail).
-        # The first Message-ID header is the DSN's own; the quoted one comes after.
-        ids = [m.decode("ascii", "replace") for m in _QUOTED_ID.findall(raw)][1:]
-    return Report(tuple(dict.fromkeys(ids)), recipient, status, diagnostic, action)
-
-
-def _original_ids(part: Message) -> list[str]:
-    payload = part.get_payload()
-    if isinstance(payload, list):  # message/rfc822, parsed: one inner message
-        inner = [m for m in payload if isinstance(m, Message)]
-        return [str(m["Message-ID"]).strip() for m in inner if m["Message-ID"]]
-    text = payload if isinstance(payload, str) else ""
-    headers = HeaderParser(policy=compat32).parsestr(text)
-    return [str(headers["Message-ID"]).strip()] if headers["Message-ID"] else []
-
-
-def _blocks(part: Message) -> list[Message]:
-    payload = part.get_payload()
-    return [b for b in payload if isinstance(b, Message)] if isinstance(payload, list) else []
-
-
-def _address(value: object) -> str | None:
-    """`rfc822; alice@example.org` -> `alice@example.org`."""
-    if value is None:
-        return None
-    text = str(value).rpartition(";")[2].strip().strip("<>").lower()
-    return text or None
-
-
-def _clean(value: object) -> str | None:
-    if value is None:
-        return None
-    return " ".join(str(value).split()) or None
+from maild.types import BounceReport
 
 
 def record_bounce(
-    conn: Connection, spool_id: int, now: datetime, suppress_for: float
+    conn: Connection,
+    spool_id: int,
+    now: datetime,
+    suppress_for: float,
+    report: BounceReport | None = None,
 ) -> str | None:
     """If the spooled bounce is about a mail in our outbox, put an event on its ticket
     and say so (the reason the spool row is kept as ignored); None when it is about no
     mail of ours. A failure marks the row bounced and the address bouncing for
-    `suppress_for` seconds; a delay notice changes nothing but the ticket's history."""
-    raw = spool.raw_of(conn, spool_id)
-    if raw is None:
-        return None
-    report = read_report(bytes(raw))
+    `suppress_for` seconds; a delay notice changes nothing but the ticket's history.
+    `report`: read already when the mail was parsed (an RFC 3464 report is); otherwise
+    it is read here from the spooled bytes."""
+    if report is None:
+        raw = spool.raw_of(conn, spool_id)
+        if raw is None:
+            return None
+        report = read_report(bytes(raw))
     if not report.original_message_ids:
         return None
     row = conn.execute(

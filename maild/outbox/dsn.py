@@ -1,4 +1,9 @@
-"""Recognise bounces that are not RFC 3464 reports. Pure; reads a parsed mail only.
+"""Read bounces: what an RFC 3464 report says (`read_report`), and whether a mail that is
+not one is a bounce all the same (`looks_like_bounce`). Pure.
+
+A DSN carries the original as a message/rfc822 part, or only its headers as
+text/rfc822-headers; older MTAs quote it in the text. The Message-ID found there is
+what outbox/bounce.py matches against the outbox.
 
 Many MTAs still send non-delivery notices as plain text or multipart/mixed (qmail,
 Exim, Domino, old Sendmail, mobile carriers), and a file import has no envelope to show
@@ -10,8 +15,12 @@ original and say so, because shops send "delivery failed" notices about parcels.
 from __future__ import annotations
 
 import re
+from email import message_from_bytes
+from email.message import Message
+from email.parser import HeaderParser
+from email.policy import compat32
 
-from maild.types import ParsedMail
+from maild.types import BounceReport, ParsedMail
 
 _DAEMON = re.compile(
     r"^(mailer[-_.]?daemon|post[-_.]?master|mail[-_.]?delivery[-_.]?(system|subsystem)"
@@ -76,3 +85,59 @@ def _return_path_is_daemon(mail: ParsedMail) -> bool:
         # An empty Return-Path header is the null sender, written by the final MTA.
         return mail.header("return-path") is not None
     return bool(_DAEMON.match(value.rpartition("@")[0] or value))
+
+
+_ORIGINAL_PARTS = {"message/rfc822", "text/rfc822-headers", "message/rfc822-headers"}
+_QUOTED_ID = re.compile(rb"^\s*Message-ID:\s*(<[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
+
+
+def read_report(raw: bytes) -> BounceReport:
+    """Pure: the original Message-IDs and the per-recipient status of a bounce."""
+    message = message_from_bytes(raw, policy=compat32)
+    ids: list[str] = []
+    recipient = status = diagnostic = action = None
+    for part in message.walk():
+        content_type = part.get_content_type()
+        if content_type in _ORIGINAL_PARTS:
+            ids += _original_ids(part)
+        elif content_type == "message/delivery-status":
+            for block in _blocks(part):
+                recipient = recipient or _address(block.get("Final-Recipient"))
+                recipient = recipient or _address(block.get("Original-Recipient"))
+                status = status or _clean(block.get("Status"))
+                diagnostic = diagnostic or _clean(block.get("Diagnostic-Code"))
+                action = action or _clean(block.get("Action"))
+    if not ids:
+        # No structured original: a quoted header block in the text (qmail, Exim, old Sendmail).
+        # The first Message-ID header is the DSN's own; the quoted one comes after.
+        ids = [m.decode("ascii", "replace") for m in _QUOTED_ID.findall(raw)][1:]
+    return BounceReport(tuple(dict.fromkeys(ids)), recipient, status, diagnostic, action)
+
+
+def _original_ids(part: Message) -> list[str]:
+    payload = part.get_payload()
+    if isinstance(payload, list):  # message/rfc822, parsed: one inner message
+        inner = [m for m in payload if isinstance(m, Message)]
+        return [str(m["Message-ID"]).strip() for m in inner if m["Message-ID"]]
+    text = payload if isinstance(payload, str) else ""
+    headers = HeaderParser(policy=compat32).parsestr(text)
+    return [str(headers["Message-ID"]).strip()] if headers["Message-ID"] else []
+
+
+def _blocks(part: Message) -> list[Message]:
+    payload = part.get_payload()
+    return [b for b in payload if isinstance(b, Message)] if isinstance(payload, list) else []
+
+
+def _address(value: object) -> str | None:
+    """`rfc822; alice@example.org` -> `alice@example.org`."""
+    if value is None:
+        return None
+    text = str(value).rpartition(";")[2].strip().strip("<>").lower()
+    return text or None
+
+
+def _clean(value: object) -> str | None:
+    if value is None:
+        return None
+    return " ".join(str(value).split()) or None

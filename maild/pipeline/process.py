@@ -228,7 +228,11 @@ class Processor:
             # when its subject carries the tag), in this transaction (an Ignore would
             # roll the note back), and never makes or changes a ticket.
             bounced = record_bounce(
-                conn, entry.id, self._clock.now(), self._settings.outbound.bounce_suppress
+                conn,
+                entry.id,
+                self._clock.now(),
+                self._settings.outbound.bounce_suppress,
+                mail.bounce_report,
             )
             if bounced is not None:
                 return Outcome(entry.id, SpoolState.IGNORED, step="classify", reason=bounced)
