@@ -554,3 +554,34 @@ def test_a_template_that_cannot_render_costs_only_its_own_notice(
     assert "TypeError" in fired["problems"][0]
     assert ledger(app)[0][2:] == ("remind", 0, "fired")
     assert len(tick(config, BREACH)["fired"][0]["notified"]) == 4, "the next stage goes out"
+
+
+def test_a_new_ticket_starts_with_the_clocks_a_refresh_would_give_it(
+    setup: tuple[App, Path],
+) -> None:
+    """The clocks are worked out before the ticket's INSERT (SlaTracker.opening); read
+    back and brought up to date as for any later change, nothing moves and no event is
+    added."""
+    app, _ = setup
+    for n, subject in enumerate(("VPN down", "Server down, urgent")):
+        deliver(app, make_mail(subject=subject, sender=f"c{n}@customer.example"))
+    with app.db.transaction() as session:
+        created = session.execute(select(Ticket).order_by(Ticket.id)).scalars().all()
+        before = [
+            (t.id, t.sla_applied, t.first_response_due_at, t.resolution_due_at, t.next_sla_check_at)
+            for t in created
+        ]
+        events = session.scalar(select(func.count()).select_from(Event))
+        started = session.scalars(select(Event.kind).where(Event.kind.like("sla_%"))).all()
+    assert all(row[1] == "standard" and row[4] is not None for row in before)
+    assert len(started) == len(before)  # each ticket's clocks were announced once
+    with app.db.begin() as conn:
+        for ticket_id, *_ in before:
+            app.sla_tracker.refresh(conn, ticket_id, app.clock.now())
+    with app.db.transaction() as session:
+        after = [
+            (t.id, t.sla_applied, t.first_response_due_at, t.resolution_due_at, t.next_sla_check_at)
+            for t in session.execute(select(Ticket).order_by(Ticket.id)).scalars()
+        ]
+        assert session.scalar(select(func.count()).select_from(Event)) == events
+    assert after == before

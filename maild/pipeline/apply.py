@@ -7,6 +7,7 @@ rather than through the ORM's unit of work; the models stay the schema and the r
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -96,18 +97,21 @@ def apply(
     numbering: Numbering,
     now: datetime,
     looked_up: dict[str, int | None] | None = None,
+    opening_columns: Mapping[str, Any] | None = None,
 ) -> Applied:
     """Store the mail in its ticket (opening one if the decision says so), with the fields,
     tags and assignee routing chose. `looked_up`: contacts this transaction has looked
-    up already (`queries.look_up_contacts`)."""
+    up already (`queries.look_up_contacts`). `opening_columns`: more columns for a new
+    ticket (its SLA clocks), so that its row is written once."""
     people = _participants(mail, requester, settings)
     contact_ids = queries.contacts_for(conn, people, now, looked_up=looked_up)
     events: list[EventRow] = []
     routed = _routed_fields(route, assignment, now)
 
     if decision.ticket_id is None:
+        fields = {**opening_fields(route, assignment, now), **(opening_columns or {})}
         ticket_id, number = _open_ticket(
-            conn, mail, contact_ids[requester[0]], routed, route.tags, numbering, now
+            conn, mail, contact_ids[requester[0]], fields, route.tags, numbering, now
         )
         events.append(
             EventRow(
@@ -200,6 +204,18 @@ def _routed_fields(
     }
 
 
+def opening_fields(
+    route: RouteDecision, assignment: Assignment | None, now: datetime
+) -> dict[str, Any]:
+    """A new ticket's columns from routing, with the defaults for what routing left unset."""
+    routed = _routed_fields(route, assignment, now)
+    return {
+        **routed,
+        "status": routed["status"] or TicketStatus.NEW,
+        "priority": routed["priority"] or "normal",
+    }
+
+
 def _merge_tags(current: list[str], added: tuple[str, ...], removed: tuple[str, ...]) -> list[str]:
     merged = [tag for tag in current if tag not in removed]
     merged += [tag for tag in added if tag not in merged]
@@ -222,7 +238,7 @@ def _open_ticket(
     conn: Connection,
     mail: ParsedMail,
     requester_id: int,
-    routed: dict[str, Any],
+    fields: dict[str, Any],
     tags: tuple[str, ...],
     numbering: Numbering,
     now: datetime,
@@ -230,10 +246,8 @@ def _open_ticket(
     ticket_id = conn.execute(
         _INSERT_TICKET,
         {
-            **routed,
+            **fields,
             "subject": mail.subject or "(no subject)",
-            "status": routed["status"] or TicketStatus.NEW,
-            "priority": routed["priority"] or "normal",
             "tags": list(tags),
             "requester_id": requester_id,
             "created_at": now,

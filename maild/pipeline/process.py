@@ -26,7 +26,7 @@ from maild.logs import event
 from maild.numbering import Numbering
 from maild.outbox.bounce import record_bounce
 from maild.outbox.queue import Acknowledger
-from maild.pipeline.apply import apply
+from maild.pipeline.apply import apply, opening_fields
 from maild.pipeline.classify import classify
 from maild.pipeline.limits import MailLimits
 from maild.pipeline.parse import Parsed, parse_or_error
@@ -289,6 +289,12 @@ class Processor:
         if route.assign is not None:
             assignment = choose_agent(route.assign, rules.directory, queries.SqlAgentLoad(conn))
 
+        opening = None
+        if self._sla is not None and decision.ticket_id is None:
+            step.name = "sla"
+            fields = opening_fields(route, assignment, self._clock.now())
+            opening = self._sla.opening(fields, requester[0], self._clock.now())
+
         step.name = "apply"
         applied = apply(
             conn,
@@ -303,6 +309,7 @@ class Processor:
             numbering=self._numbering,
             now=self._clock.now(),
             looked_up=looked_up,
+            opening_columns=opening.columns if opening is not None else None,
         )
         # outbox (issue 6): the acknowledgement is queued in this same transaction.
         step.name = "outbox"
@@ -334,7 +341,8 @@ class Processor:
         if self._sla is not None:
             step.name = "sla"
             if applied.created_ticket:
-                self._sla.on_ticket_created(conn, applied.ticket_id, self._clock.now())
+                if opening is not None:
+                    self._sla.opened(conn, applied.ticket_id, opening, self._clock.now())
             elif mail_class is MailClass.HUMAN:
                 self._sla.on_customer_reply(conn, applied.ticket_id, self._clock.now())
             else:

@@ -8,6 +8,7 @@ note) and `on_ticket_change` after it changes status, priority or policy.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -114,6 +115,14 @@ _SET_CLOCKS = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """A new ticket's SLA columns, and the events to record once it exists."""
+
+    columns: dict[str, Any]
+    events: list[tuple[str, dict[str, Any]]]
+
+
 class SlaTracker:
     """`policies` gives the SLA policies in force (asked on every call, so a reload
     applies from the next change on)."""
@@ -125,11 +134,34 @@ class SlaTracker:
         """The calendars of the policies in force (routing's `business_hours` asks them)."""
         return self._policies().calendars
 
-    def on_ticket_created(self, conn: Connection, ticket_id: int, now: datetime) -> None:
+    def opening(
+        self, fields: Mapping[str, Any], requester_address: str, now: datetime
+    ) -> Opening | None:
+        """The clocks of a ticket about to be created with these columns (pipeline/apply.py:
+        opening_fields), for its INSERT: worked out before it, so the new row need not be
+        read back and written again. None when no policy applies to it."""
         policies = self._policies()
-        # Without policies nothing starts, and a new ticket has no clocks to clear.
-        if policies.policies:
-            self.refresh(conn, ticket_id, now, policies=policies, new_ticket=True)
+        if not policies.policies:
+            return None
+        facts = TicketFacts(
+            queue=fields["queue"],
+            priority=fields["priority"],
+            type=fields["type"],
+            customer_domain=requester_address.rpartition("@")[2].lower(),
+        )
+        policy = policies.choose(fields["sla_policy"], facts)
+        if policy is None:
+            return None
+        clocks, events = sla_clocks.update(
+            Clocks(), policy, None, status=fields["status"], priority=fields["priority"], now=now
+        )
+        # A new ticket has no stage in the ledger yet.
+        check = sla_clocks.next_check(clocks, policy, set())
+        return Opening({**clocks.columns(), "next_sla_check_at": check}, events)
+
+    def opened(self, conn: Connection, ticket_id: int, opening: Opening, now: datetime) -> None:
+        """Record the events of the clocks the new ticket `ticket_id` was created with."""
+        record_events(conn, [EventRow(ticket_id, kind, data) for kind, data in opening.events], now)
 
     def on_customer_reply(self, conn: Connection, ticket_id: int, now: datetime) -> None:
         """A customer's mail joined the ticket: next response re-arms; a resolved ticket
@@ -168,12 +200,8 @@ class SlaTracker:
         customer_replied: bool = False,
         agent_replied: bool = False,
         policies: PolicySet | None = None,
-        new_ticket: bool = False,
     ) -> Clocks:
-        """Bring the ticket's clocks and `next_sla_check_at` up to date; returns the clocks.
-
-        `new_ticket`: created in this transaction, so no stage has fired for it yet.
-        """
+        """Bring the ticket's clocks and `next_sla_check_at` up to date; returns the clocks."""
         row = conn.execute(_ONE_TICKET, {"ticket_id": ticket_id}).one()
         policies = self._policies() if policies is None else policies
         policy = policies.choose(row.sla_policy, facts_of(row))
@@ -191,8 +219,7 @@ class SlaTracker:
             customer_replied=customer_replied,
             agent_replied=agent_replied,
         )
-        fired = set() if new_ticket else fired_keys(conn, [ticket_id])[ticket_id]
-        check = sla_clocks.next_check(after, policy, fired)
+        check = sla_clocks.next_check(after, policy, fired_keys(conn, [ticket_id])[ticket_id])
         if after != before or check != row.next_sla_check_at:
             conn.execute(
                 _SET_CLOCKS, {"ticket_id": ticket_id, **after.columns(), "next_sla_check_at": check}
