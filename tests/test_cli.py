@@ -194,3 +194,12 @@ def test_stdin_and_console_script(tmp_path: Path, db_url: str) -> None:
         timeout=60,
     )
     assert b"via pipe" in listing.stdout
+
+
+def test_the_readme_samples_make_one_conversation(config: str) -> None:
+    """README: `maild ingest samples/` files both mails in one ticket, although the reply
+    comes first in file-name order."""
+    samples = Path(__file__).resolve().parents[1] / "samples"
+    assert run("ingest", "--config", config, str(samples))[0] == EX_OK
+    [ticket] = json.loads(run("tickets", "list", "--config", config, "--json")[1])
+    assert ticket["message_count"] == 2

@@ -66,6 +66,41 @@ def test_0007_moves_spooled_bytes_to_their_own_table_and_back(empty_db: Engine) 
         assert connection.execute(text("SELECT id, raw FROM spool")).all() == [(1, raw)]
 
 
+def test_0009_names_the_parent_of_every_stored_message(empty_db: Engine) -> None:
+    migrate.upgrade(empty_db, "0008")
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    with empty_db.begin() as connection:
+        connection.execute(
+            text("INSERT INTO contact (id, address, name, created_at) VALUES (1, 'a@x', '', :at)"),
+            {"at": at},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO ticket (id, subject, status, priority, tags, requester_id,"
+                " created_at, updated_at) VALUES (1, 's', 'new', 'normal', '[]', 1, :at, :at)"
+            ),
+            {"at": at},
+        )
+        for n, (in_reply_to, references) in enumerate(
+            [("[]", "[]"), ('["<p@x>"]', '["<a@x>", "<b@x>"]'), ("[]", '["<a@x>", "<b@x>"]')]
+        ):
+            connection.execute(
+                text(
+                    "INSERT INTO message (ticket_id, direction, kind, mail_class, message_id,"
+                    ' body_hash, in_reply_to, "references", from_name, "to", cc, subject,'
+                    " text, text_stripped, created_at) VALUES (1, 'in', 'customer', 'human',"
+                    " :mid, 'h', :irt, :refs, '', '[]', '[]', 's', '', '', :at)"
+                ),
+                {"mid": f"<m{n}@x>", "irt": in_reply_to, "refs": references, "at": at},
+            )
+    migrate.upgrade(empty_db)
+    with empty_db.connect() as connection:
+        parents = connection.execute(
+            text("SELECT parent_message_id FROM message ORDER BY id")
+        ).scalars()
+        assert list(parents) == [None, "<p@x>", "<b@x>"]
+
+
 def _schema(engine: Engine) -> dict[str, Any]:
     """Everything the reflection sees of each table, in a comparable form."""
     found = inspect(engine)

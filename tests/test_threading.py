@@ -233,3 +233,40 @@ def test_custom_number_and_tag_format(make_app: Any) -> None:
     assert first.ticket_number == "2026-00001"
     reply = deliver(app, make_mail(subject="AW: [Ticket#2026-00001] Printer on fire"))
     assert reply.ticket_number == "2026-00001"
+
+
+def test_a_mail_that_comes_after_its_reply_joins_the_replys_ticket(app: App) -> None:
+    """Filed in the wrong order (a bulk import sorted by file name, a relay that held the
+    first mail longer): the reply opens the ticket, the mail it answers joins it."""
+    reply = deliver(
+        app,
+        make_mail(
+            subject="Re: Printer on fire",
+            message_id="<late-2@customer.example>",
+            in_reply_to="<late-1@customer.example>",
+        ),
+    )
+    original = deliver(app, make_mail(message_id="<late-1@customer.example>"))
+    assert original.ticket_number == reply.ticket_number
+    assert ticket_count(app) == 1
+    # A chain backwards: the newest reply first, named parents only by References.
+    newest = deliver(
+        app,
+        make_mail(
+            message_id="<chain-3@x.example>",
+            references="<chain-1@x.example> <chain-2@x.example>",
+        ),
+    )
+    middle = deliver(
+        app, make_mail(message_id="<chain-2@x.example>", in_reply_to="<chain-1@x.example>")
+    )
+    first = deliver(app, make_mail(message_id="<chain-1@x.example>"))
+    assert newest.ticket_number == middle.ticket_number == first.ticket_number
+    assert ticket_count(app) == 2
+
+
+def test_a_mail_without_message_id_is_never_taken_for_a_replys_parent(app: App) -> None:
+    deliver(app, make_mail(in_reply_to="<someone@x.example>"))
+    lone = deliver(app, make_mail(message_id="", subject="no id"))
+    assert ticket_count(app) == 2
+    assert show(app, lone.ticket_number or "")["message_count"] == 1

@@ -135,6 +135,9 @@ class Message(Base):
     body_hash: Mapped[str] = mapped_column(String(64))
     in_reply_to: Mapped[list[str]]
     references: Mapped[list[str]]
+    # The mail this one answers (In-Reply-To, else the last of References), for a parent
+    # that arrives after its reply (pipeline/thread.py).
+    parent_message_id: Mapped[str | None] = mapped_column(String(998), index=True)
     from_address: Mapped[str | None] = mapped_column(String(320))
     from_name: Mapped[str] = mapped_column(Text, default="")
     to: Mapped[list[str]]

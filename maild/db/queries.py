@@ -17,6 +17,12 @@ _TICKETS_BY_MESSAGE_IDS = select(Message.message_id, Message.ticket_id).where(
     Message.message_id.in_(bindparam("ids", expanding=True))
 )
 _TICKET_BY_NUMBER = select(Ticket.id).where(Ticket.number == bindparam("number"))
+_TICKET_ANSWERING = (
+    select(Message.ticket_id)
+    .where(Message.parent_message_id == bindparam("mid"))
+    .order_by(Message.id)
+    .limit(1)
+)
 _PARTICIPANT = (
     select(TicketContact.contact_id)
     .join(Contact, Contact.id == TicketContact.contact_id)
@@ -54,6 +60,9 @@ class SqlThreadIndex:
     def is_participant(self, ticket_id: int, address: str) -> bool:
         found = self._conn.scalar(_PARTICIPANT, {"ticket_id": ticket_id, "a": address.lower()})
         return found is not None
+
+    def ticket_answering(self, message_id: str) -> int | None:
+        return self._conn.scalar(_TICKET_ANSWERING, {"mid": message_id})
 
 
 def find_duplicate(conn: Connection, message_id: str, body_hash: str) -> str | None:

@@ -303,6 +303,12 @@ def _store_message(
     )
 
 
+def parent_of(mail: ParsedMail) -> str | None:
+    """The Message-ID of the mail this one answers, if it names one."""
+    parents = mail.in_reply_to or mail.references[-1:]
+    return parents[0][:_MESSAGE_ID_LIMIT] if parents else None
+
+
 def store_incoming(
     conn: Connection,
     ticket_id: int,
@@ -327,6 +333,7 @@ def store_incoming(
             "body_hash": mail.body_hash,
             "in_reply_to": list(mail.in_reply_to),
             "references": list(mail.references),
+            "parent_message_id": parent_of(mail),
             "from_address": mail.from_.address if mail.from_ else None,
             "from_name": mail.from_.name if mail.from_ else "",
             "to": [a.address for a in mail.to],

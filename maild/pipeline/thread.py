@@ -3,7 +3,9 @@
 1. A Message-ID in In-Reply-To/References that belongs to a ticket: that ticket.
 2. A ticket tag in the subject, if the sender takes part in that ticket.
    A stranger using a valid tag gets a new ticket (and both tickets note it).
-3. Otherwise a new ticket. Equal subjects alone never merge.
+3. A mail that a reply filed earlier answers (the reply came first: a bulk import in
+   file-name order, a slow relay): the reply's ticket.
+4. Otherwise a new ticket. Equal subjects alone never merge.
 """
 
 from __future__ import annotations
@@ -24,12 +26,17 @@ class ThreadIndex(Protocol):
 
     def is_participant(self, ticket_id: int, address: str) -> bool: ...
 
+    def ticket_answering(self, message_id: str) -> int | None:
+        """The ticket of the earliest stored mail that names this one as its parent."""
+
 
 class ThreadReason(enum.StrEnum):
     HEADER = "header"
     TAG = "tag"
     NEW = "new"
     STRANGER_TAG = "stranger_tag"
+    # The mail a reply already filed answers.
+    ANSWERED = "answered"
     # agents (issue 7): a customer writing to a closed ticket (or one resolved too long
     # ago) opens a new ticket linked to it.
     FOLLOW_UP = "follow_up"
@@ -64,4 +71,9 @@ def thread(mail: ParsedMail, index: ThreadIndex, numbering: Numbering) -> Thread
 
     if claimed is not None:
         return ThreadDecision(None, ThreadReason.STRANGER_TAG, claimed_ticket_id=claimed)
+    # A content-derived id (the mail had none) is named by no reply.
+    if not mail.synthetic_message_id:
+        ticket_id = index.ticket_answering(mail.message_id)
+        if ticket_id is not None:
+            return ThreadDecision(ticket_id, ThreadReason.ANSWERED)
     return ThreadDecision(None, ThreadReason.NEW)
