@@ -270,3 +270,18 @@ def test_a_mail_without_message_id_is_never_taken_for_a_replys_parent(app: App) 
     lone = deliver(app, make_mail(message_id="", subject="no id"))
     assert ticket_count(app) == 2
     assert show(app, lone.ticket_number or "")["message_count"] == 1
+
+
+def test_replies_to_a_mail_that_is_not_here_share_a_ticket(app: App) -> None:
+    """Two replies to the same mail, which has not come (yet): one conversation, which
+    the mail joins when it comes."""
+    first = deliver(
+        app, make_mail(sender="ann@x.example", in_reply_to="<root@x.example>", subject="Re: a")
+    )
+    second = deliver(
+        app,
+        make_mail(sender="bob@x.example", references="<root@x.example>", subject="Re: a (as well)"),
+    )
+    root = deliver(app, make_mail(message_id="<root@x.example>", subject="a"))
+    assert first.ticket_number == second.ticket_number == root.ticket_number
+    assert ticket_count(app) == 1

@@ -23,6 +23,12 @@ _TICKET_ANSWERING = (
     .order_by(Message.id)
     .limit(1)
 )
+_TICKET_ANSWERING_ANY = (
+    select(Message.ticket_id)
+    .where(Message.parent_message_id.in_(bindparam("ids", expanding=True)))
+    .order_by(Message.id)
+    .limit(1)
+)
 _PARTICIPANT = (
     select(TicketContact.contact_id)
     .join(Contact, Contact.id == TicketContact.contact_id)
@@ -61,8 +67,10 @@ class SqlThreadIndex:
         found = self._conn.scalar(_PARTICIPANT, {"ticket_id": ticket_id, "a": address.lower()})
         return found is not None
 
-    def ticket_answering(self, message_id: str) -> int | None:
-        return self._conn.scalar(_TICKET_ANSWERING, {"mid": message_id})
+    def ticket_answering(self, message_ids: list[str]) -> int | None:
+        if len(message_ids) == 1:  # a new mail's own id: no IN list to render
+            return self._conn.scalar(_TICKET_ANSWERING, {"mid": message_ids[0]})
+        return self._conn.scalar(_TICKET_ANSWERING_ANY, {"ids": message_ids})
 
 
 def find_duplicate(conn: Connection, message_id: str, body_hash: str) -> str | None:

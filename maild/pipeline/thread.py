@@ -1,6 +1,7 @@
 """Thread: which ticket a mail belongs to. Pure apart from the lookups it is given.
 
-1. A Message-ID in In-Reply-To/References that belongs to a ticket: that ticket.
+1. A Message-ID in In-Reply-To/References that belongs to a ticket: that ticket; else
+   a stored mail that answers one of those (a sibling whose parent is not here): its ticket.
 2. A ticket tag in the subject, if the sender takes part in that ticket.
    A stranger using a valid tag gets a new ticket (and both tickets note it).
 3. A mail that a reply filed earlier answers (the reply came first: a bulk import in
@@ -26,8 +27,8 @@ class ThreadIndex(Protocol):
 
     def is_participant(self, ticket_id: int, address: str) -> bool: ...
 
-    def ticket_answering(self, message_id: str) -> int | None:
-        """The ticket of the earliest stored mail that names this one as its parent."""
+    def ticket_answering(self, message_ids: list[str]) -> int | None:
+        """The ticket of the earliest stored mail that names one of these as its parent."""
 
 
 class ThreadReason(enum.StrEnum):
@@ -56,6 +57,8 @@ def thread(mail: ParsedMail, index: ThreadIndex, numbering: Numbering) -> Thread
     referenced = list(dict.fromkeys([*mail.in_reply_to, *reversed(mail.references)]))
     if referenced:
         ticket_id = index.ticket_for_message_ids(referenced)
+        if ticket_id is None:
+            ticket_id = index.ticket_answering(referenced)
         if ticket_id is not None:
             return ThreadDecision(ticket_id, ThreadReason.HEADER)
 
@@ -73,7 +76,7 @@ def thread(mail: ParsedMail, index: ThreadIndex, numbering: Numbering) -> Thread
         return ThreadDecision(None, ThreadReason.STRANGER_TAG, claimed_ticket_id=claimed)
     # A content-derived id (the mail had none) is named by no reply.
     if not mail.synthetic_message_id:
-        ticket_id = index.ticket_answering(mail.message_id)
+        ticket_id = index.ticket_answering([mail.message_id])
         if ticket_id is not None:
             return ThreadDecision(ticket_id, ThreadReason.ANSWERED)
     return ThreadDecision(None, ThreadReason.NEW)
