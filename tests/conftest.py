@@ -6,8 +6,10 @@ MAILD_REQUIRE_SERVICES=1 (CI), where it fails instead.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -194,3 +196,15 @@ def make_mail(
     mail.set_content(body)
     # CRLF, as on the wire: smtplib sends bytes unchanged.
     return mail.as_bytes(policy=SMTP)
+
+
+def bench_corpus(dest: Path, count: int) -> list[Path]:
+    """`count` mails of bench/corpus.py's deterministic corpus (threads in each client
+    style and language, tags, quoted history, auto-replies, bounces), written to `dest`."""
+    spec = importlib.util.spec_from_file_location("bench_corpus", REPO / "bench" / "corpus.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    paths: list[Path] = module.generate(dest, count)
+    return paths

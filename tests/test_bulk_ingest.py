@@ -15,10 +15,11 @@ import pytest
 from sqlalchemy import select
 
 from maild import spool
+from maild.cli import main
 from maild.db.models import Message, SpoolEntry
 from maild.receive import bulk
 from maild.receive.bulk import BulkIngest
-from tests.conftest import AppFactory, make_mail
+from tests.conftest import AppFactory, bench_corpus, make_mail
 
 # Past what is parsed before the database stack loads, and two spool batches after it.
 MAILS = bulk.PARSE_WINDOW * bulk.PARSE_BATCH + bulk.SPOOL_BATCH + 5
@@ -86,3 +87,40 @@ def test_the_command_loads_the_database_stack_after_forking_the_parser() -> None
     )
     assert not [name for name in loaded if name.split(".")[0] in ("sqlalchemy", "alembic")]
     assert "maild.pipeline.parse" in loaded
+
+
+def conversations(config: Path) -> set[frozenset[str]]:
+    """The people's mails of each ticket (auto-replies and bounces left out: one that
+    comes before every mail of its conversation is kept as ignored)."""
+    out = io.StringIO()
+    assert main(["tickets", "export", "--config", str(config)], out) == 0
+    found = set()
+    for line in out.getvalue().splitlines():
+        ticket = json.loads(line)
+        found.add(
+            frozenset(
+                m["message_id"]
+                for m in ticket["messages"]
+                if m["class"] not in ("auto_reply", "bounce")
+            )
+        )
+    return found
+
+
+def test_the_conversations_do_not_depend_on_the_order_the_mails_come_in(tmp_path: Path) -> None:
+    """The generated corpus (replies in every client style, tags, quoted history) filed
+    first to last and last to first: the same conversations."""
+    paths = bench_corpus(tmp_path / "corpus", 300)
+    backwards = tmp_path / "backwards"
+    backwards.mkdir()
+    for n, path in enumerate(reversed(paths)):
+        (backwards / f"{n:05d}.eml").write_bytes(path.read_bytes())
+
+    found = []
+    for name, folder in (("forwards", tmp_path / "corpus"), ("backwards", backwards)):
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f'[database]\nurl = "sqlite:///{tmp_path / name}.db"\n')
+        assert main(["ingest", "--config", str(config), str(folder)], io.StringIO()) == 0
+        found.append(conversations(config))
+    assert len(found[0]) > 100
+    assert found[1] == found[0]

@@ -66,7 +66,7 @@ def test_0007_moves_spooled_bytes_to_their_own_table_and_back(empty_db: Engine) 
         assert connection.execute(text("SELECT id, raw FROM spool")).all() == [(1, raw)]
 
 
-def test_0009_names_the_parent_of_every_stored_message(empty_db: Engine) -> None:
+def test_0009_indexes_the_ids_every_received_message_names(empty_db: Engine) -> None:
     migrate.upgrade(empty_db, "0008")
     at = datetime(2026, 1, 1, tzinfo=UTC)
     with empty_db.begin() as connection:
@@ -95,10 +95,16 @@ def test_0009_names_the_parent_of_every_stored_message(empty_db: Engine) -> None
             )
     migrate.upgrade(empty_db)
     with empty_db.connect() as connection:
-        parents = connection.execute(
-            text("SELECT parent_message_id FROM message ORDER BY id")
-        ).scalars()
-        assert list(parents) == [None, "<p@x>", "<b@x>"]
+        refs = connection.execute(
+            text("SELECT message_id, ref FROM message_ref ORDER BY message_id, ref")
+        ).all()
+    assert [tuple(row) for row in refs] == [
+        (2, "<a@x>"),
+        (2, "<b@x>"),
+        (2, "<p@x>"),
+        (3, "<a@x>"),
+        (3, "<b@x>"),
+    ]
 
 
 def _schema(engine: Engine) -> dict[str, Any]:

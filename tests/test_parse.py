@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import random
 import re
-import sys
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -27,7 +25,7 @@ from maild.pipeline.text import (
     strip_reply,
 )
 from maild.types import Address, ParsedMail
-from tests.conftest import CORPUS_DEV, REPO, need_corpus
+from tests.conftest import CORPUS_DEV, bench_corpus, need_corpus
 
 DATA = Path(__file__).parent / "data" / "parse"
 CORPUS = CORPUS_DEV
@@ -578,21 +576,11 @@ def test_every_corpus_file_parses_or_is_quarantined() -> None:
     assert quarantined < 80
 
 
-def _bench_corpus(dest: Path, count: int) -> list[Path]:
-    spec = importlib.util.spec_from_file_location("bench_corpus", REPO / "bench" / "corpus.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    paths: list[Path] = module.generate(dest, count)
-    return paths
-
-
 def test_the_newest_reply_is_the_one_the_library_reads(tmp_path: Path) -> None:
     """`newest_reply` stops where the library's `read` goes on through the history: on
     the test mails, 300 generated ones (replies in each client style and language) and
     the real-world corpus when it is there, both give the same newest reply."""
-    paths = sorted(DATA.glob("*.eml")) + _bench_corpus(tmp_path / "bench", 300)
+    paths = sorted(DATA.glob("*.eml")) + bench_corpus(tmp_path / "bench", 300)
     if CORPUS.is_dir():
         paths += sorted(p for p in CORPUS.rglob("*.eml") if p.is_file())
     compared = replies = 0

@@ -135,9 +135,6 @@ class Message(Base):
     body_hash: Mapped[str] = mapped_column(String(64))
     in_reply_to: Mapped[list[str]]
     references: Mapped[list[str]]
-    # The mail this one answers (In-Reply-To, else the last of References), for a parent
-    # that arrives after its reply (pipeline/thread.py).
-    parent_message_id: Mapped[str | None] = mapped_column(String(998), index=True)
     from_address: Mapped[str | None] = mapped_column(String(320))
     from_name: Mapped[str] = mapped_column(Text, default="")
     to: Mapped[list[str]]
@@ -156,6 +153,16 @@ class Message(Base):
 
     # The dedupe key: the same mail delivered twice is stored once, even by two instances.
     __table_args__ = (UniqueConstraint("message_id", "body_hash"),)
+
+
+class MessageRef(Base):
+    """A Message-ID that a received message names in In-Reply-To or References: found
+    again when that mail comes after its reply (pipeline/thread.py)."""
+
+    __tablename__ = "message_ref"
+
+    message_id: Mapped[int] = mapped_column(ForeignKey("message.id"), primary_key=True)
+    ref: Mapped[str] = mapped_column(String(998), primary_key=True, index=True)
 
 
 class Attachment(Base):

@@ -10,25 +10,21 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from maild.db.base import Base
-from maild.db.models import Contact, Message, Ticket, TicketContact
+from maild.db.models import Contact, Message, MessageRef, Ticket, TicketContact
 
 # Statements built once with bound parameters, so each compiles once: this is per mail.
 _TICKETS_BY_MESSAGE_IDS = select(Message.message_id, Message.ticket_id).where(
     Message.message_id.in_(bindparam("ids", expanding=True))
 )
 _TICKET_BY_NUMBER = select(Ticket.id).where(Ticket.number == bindparam("number"))
-_TICKET_ANSWERING = (
+_ANSWERING = (
     select(Message.ticket_id)
-    .where(Message.parent_message_id == bindparam("mid"))
+    .join(MessageRef, MessageRef.message_id == Message.id)
     .order_by(Message.id)
     .limit(1)
 )
-_TICKET_ANSWERING_ANY = (
-    select(Message.ticket_id)
-    .where(Message.parent_message_id.in_(bindparam("ids", expanding=True)))
-    .order_by(Message.id)
-    .limit(1)
-)
+_TICKET_ANSWERING = _ANSWERING.where(MessageRef.ref == bindparam("mid"))
+_TICKET_ANSWERING_ANY = _ANSWERING.where(MessageRef.ref.in_(bindparam("ids", expanding=True)))
 _PARTICIPANT = (
     select(TicketContact.contact_id)
     .join(Contact, Contact.id == TicketContact.contact_id)
@@ -68,6 +64,7 @@ class SqlThreadIndex:
         return found is not None
 
     def ticket_answering(self, message_ids: list[str]) -> int | None:
+        """The ticket of the earliest received mail that names one of these ids."""
         if len(message_ids) == 1:  # a new mail's own id: no IN list to render
             return self._conn.scalar(_TICKET_ANSWERING, {"mid": message_ids[0]})
         return self._conn.scalar(_TICKET_ANSWERING_ANY, {"ids": message_ids})

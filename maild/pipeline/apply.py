@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from maild.config import Settings
 from maild.db import queries
 from maild.db.base import Base
-from maild.db.models import Attachment, Event, Message, Ticket
+from maild.db.models import Attachment, Event, Message, MessageRef, Ticket
 from maild.numbering import Numbering
 from maild.pipeline.thread import ThreadDecision, ThreadReason
 from maild.rules import Assignment, RouteDecision
@@ -46,6 +46,7 @@ _TICKET_STATE = select(_TICKET.c.number, _TICKET.c.status, _TICKET.c.tags).where
 )
 _INSERT_MESSAGE = insert(_table(Message)).returning(_table(Message).c.id)
 _INSERT_ATTACHMENT = insert(_table(Attachment))
+_INSERT_REF = insert(_table(MessageRef))
 _INSERT_EVENT = insert(_table(Event))
 
 
@@ -303,12 +304,6 @@ def _store_message(
     )
 
 
-def parent_of(mail: ParsedMail) -> str | None:
-    """The Message-ID of the mail this one answers, if it names one."""
-    parents = mail.in_reply_to or mail.references[-1:]
-    return parents[0][:_MESSAGE_ID_LIMIT] if parents else None
-
-
 def store_incoming(
     conn: Connection,
     ticket_id: int,
@@ -333,7 +328,6 @@ def store_incoming(
             "body_hash": mail.body_hash,
             "in_reply_to": list(mail.in_reply_to),
             "references": list(mail.references),
-            "parent_message_id": parent_of(mail),
             "from_address": mail.from_.address if mail.from_ else None,
             "from_name": mail.from_.name if mail.from_ else "",
             "to": [a.address for a in mail.to],
@@ -346,6 +340,9 @@ def store_incoming(
             "created_at": now,
         },
     ).scalar_one()
+    refs = dict.fromkeys(ref[:_MESSAGE_ID_LIMIT] for ref in (*mail.in_reply_to, *mail.references))
+    if refs:
+        conn.execute(_INSERT_REF, [{"message_id": message_id, "ref": ref} for ref in refs])
     if mail.attachments:
         conn.execute(
             _INSERT_ATTACHMENT,

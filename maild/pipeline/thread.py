@@ -1,11 +1,12 @@
 """Thread: which ticket a mail belongs to. Pure apart from the lookups it is given.
 
-1. A Message-ID in In-Reply-To/References that belongs to a ticket: that ticket; else
-   a stored mail that answers one of those (a sibling whose parent is not here): its ticket.
+1. A Message-ID in In-Reply-To/References that belongs to a ticket: that ticket; else a
+   received mail that names one of those too (one of the same thread, whose earlier mails
+   are not here): its ticket.
 2. A ticket tag in the subject, if the sender takes part in that ticket.
    A stranger using a valid tag gets a new ticket (and both tickets note it).
-3. A mail that a reply filed earlier answers (the reply came first: a bulk import in
-   file-name order, a slow relay): the reply's ticket.
+3. A mail that a reply filed earlier names in In-Reply-To/References (the reply came
+   first: a bulk import in file-name order, a slow relay): the reply's ticket.
 4. Otherwise a new ticket. Equal subjects alone never merge.
 """
 
@@ -28,7 +29,8 @@ class ThreadIndex(Protocol):
     def is_participant(self, ticket_id: int, address: str) -> bool: ...
 
     def ticket_answering(self, message_ids: list[str]) -> int | None:
-        """The ticket of the earliest stored mail that names one of these as its parent."""
+        """The ticket of the earliest received mail that names one of these ids in its
+        In-Reply-To or References."""
 
 
 class ThreadReason(enum.StrEnum):
@@ -36,7 +38,7 @@ class ThreadReason(enum.StrEnum):
     TAG = "tag"
     NEW = "new"
     STRANGER_TAG = "stranger_tag"
-    # The mail a reply already filed answers.
+    # A mail that a reply filed before it names.
     ANSWERED = "answered"
     # agents (issue 7): a customer writing to a closed ticket (or one resolved too long
     # ago) opens a new ticket linked to it.
