@@ -160,9 +160,12 @@ class MessageRef(Base):
     again when that mail comes after its reply (pipeline/thread.py)."""
 
     __tablename__ = "message_ref"
+    # Looked up by ref: the key leads with it, and on SQLite the rows live in that one
+    # B-tree (no rowid table and index beside it), so a reply writes one structure.
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
+    ref: Mapped[str] = mapped_column(String(998), primary_key=True)
     message_id: Mapped[int] = mapped_column(ForeignKey("message.id"), primary_key=True)
-    ref: Mapped[str] = mapped_column(String(998), primary_key=True, index=True)
 
 
 class Attachment(Base):

@@ -42,15 +42,14 @@ _FILL = {
 def upgrade() -> None:
     op.create_table(
         "message_ref",
-        sa.Column("message_id", _ID, nullable=False),
         sa.Column("ref", sa.String(998), nullable=False),
+        sa.Column("message_id", _ID, nullable=False),
         sa.ForeignKeyConstraint(["message_id"], ["message.id"]),
-        sa.PrimaryKeyConstraint("message_id", "ref"),
+        sa.PrimaryKeyConstraint("ref", "message_id"),
+        sqlite_with_rowid=False,
     )
-    op.create_index("ix_message_ref_ref", "message_ref", ["ref"])
     op.execute(_FILL[op.get_bind().dialect.name])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_message_ref_ref", table_name="message_ref")
     op.drop_table("message_ref")
