@@ -225,6 +225,21 @@ def requeue(session: Session, spool_ids: list[int] | None) -> int:
     return result.rowcount
 
 
+def reopen(conn: Connection, spool_ids: list[int]) -> int:
+    """Put these ignored mails back to pending, to be processed again."""
+    result = conn.execute(_REOPEN, {"ids": spool_ids})
+    return int(result.rowcount)
+
+
+_REOPEN = (
+    update(SpoolEntry)
+    .where(
+        SpoolEntry.state == SpoolState.IGNORED, SpoolEntry.id.in_(bindparam("ids", expanding=True))
+    )
+    .values(state=SpoolState.PENDING, step=None, reason=None)
+)
+
+
 def depth(session: Session) -> tuple[int, datetime | None]:
     """Pending count and the oldest pending receive time."""
     count, oldest = session.execute(

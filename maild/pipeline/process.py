@@ -50,6 +50,13 @@ class Outcome:
     reason: str | None = None
     # outbox (issue 6): the loop/abuse rule that kept an automatic reply back (a metric).
     auto_reply_suppressed: str | None = None
+    # Ignored as an automatic mail (auto-reply, bounce) that threads to no ticket yet: one
+    # that came before its conversation, which a bulk import files again at its end.
+    unthreaded: bool = False
+
+
+class _Unthreaded(Ignore):
+    """An auto-reply or bounce that belongs to no ticket."""
 
 
 def _summary(mail: Parsed | None, raw: bytes | None) -> spool.Summary:
@@ -155,7 +162,13 @@ class Processor:
                 state = (
                     SpoolState.QUARANTINED if isinstance(exc, Quarantine) else SpoolState.IGNORED
                 )
-                outcome = Outcome(claimed or 0, state, step=exc.step, reason=exc.reason)
+                outcome = Outcome(
+                    claimed or 0,
+                    state,
+                    step=exc.step,
+                    reason=exc.reason,
+                    unthreaded=isinstance(exc, _Unthreaded),
+                )
             except TemporaryFailure:
                 raise
             except Exception as exc:  # the one catch-all: the mail is kept, with what went wrong
@@ -260,7 +273,7 @@ class Processor:
 
         if decision.ticket_id is None:
             if mail_class in (MailClass.AUTO_REPLY, MailClass.BOUNCE):
-                raise Ignore("classify", f"{mail_class.value} that belongs to no ticket")
+                raise _Unthreaded("classify", f"{mail_class.value} that belongs to no ticket")
             requester = self._requester(mail, envelope)
         else:
             requester = ("", "")

@@ -55,6 +55,8 @@ class BulkIngest:
         # Read and parsing, not spooled yet: (sequence number, raw, last of all).
         self._unspooled: list[tuple[int, bytes, bool]] = []
         self._spool_ids: dict[int, int] = {}
+        # Auto-replies and bounces that came before the mails of their conversation.
+        self._unthreaded: list[tuple[int, Parsed]] = []
         self.results: Counter[str] = Counter()
 
     def start(self) -> None:
@@ -82,6 +84,7 @@ class BulkIngest:
                             self._file(app, *done)
                 for done in self._ahead.finish():
                     self._file(app, *done)
+                self._file_unthreaded_again(app)
         finally:
             self.close()
         try:
@@ -130,8 +133,24 @@ class BulkIngest:
         )
         self.results["spooled"] += len(ids)
 
+    def _file_unthreaded_again(self, app: App) -> None:
+        """Give the auto-replies and bounces that threaded to no ticket a second look, now
+        that every mail of the import is in: in a directory sorted by file name an
+        auto-reply can come before the mail it answers."""
+        if not self._unthreaded:
+            return
+        from maild import spool  # the database stack: see the top
+
+        unthreaded, self._unthreaded = self._unthreaded, []
+        with app.db.begin(replayable=True) as conn:
+            self.results["ignored"] -= spool.reopen(conn, [spool_id for spool_id, _ in unthreaded])
+        for spool_id, parsed in unthreaded:
+            self._file_spooled(app, spool_id, parsed, again=True)
+
     def _file(self, app: App, number: int, parsed: Parsed) -> None:
-        spool_id = self._spool_ids.pop(number)
+        self._file_spooled(app, self._spool_ids.pop(number), parsed)
+
+    def _file_spooled(self, app: App, spool_id: int, parsed: Parsed, again: bool = False) -> None:
         try:
             outcome = app.processor.process(spool_id, parsed)
         except TemporaryFailure as exc:
@@ -141,6 +160,8 @@ class BulkIngest:
             return
         if outcome is not None:
             self.results[outcome.state.value] += 1
+            if outcome.unthreaded and not again:
+                self._unthreaded.append((spool_id, parsed))
 
 
 def _columns(batch: list[tuple[int, bytes, bool]]) -> tuple[list[int], list[bytes]]:
