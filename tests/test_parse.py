@@ -604,3 +604,20 @@ def test_the_newest_reply_is_the_one_the_library_reads(tmp_path: Path) -> None:
         compared += 1
         replies += not only
     assert compared > 300 and replies > 100
+
+
+def test_an_id_too_long_in_utf8_is_not_kept() -> None:
+    """998 octets, not characters: 600 "é" are 1,200 octets, past what a header line may
+    hold. Counted in characters, 998 random CJK ones (2,994 octets) got through, and
+    PostgreSQL refuses such an index entry (ProgramLimitExceeded, an OperationalError),
+    so the mail was held back for ever as if the database were down."""
+    long_id = "<" + "é" * 600 + "@x.example>"
+    fits = "<" + "é" * 400 + "@x.example>"
+    raw = (
+        f"From: a@x.example\r\nMessage-ID: {long_id}\r\nIn-Reply-To: {fits}\r\n"
+        f"References: {long_id} {fits}\r\nSubject: s\r\n\r\nbody\r\n"
+    ).encode()
+    mail = parse(raw)
+    assert mail.synthetic_message_id
+    assert mail.in_reply_to == (fits,)
+    assert mail.references == (fits,)

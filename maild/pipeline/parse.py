@@ -618,7 +618,7 @@ def _message_id(
     if match is None and candidate:
         defects.append("message-id: no angle brackets")
     # The brackets count towards the 998 (a header line's limit, and the column's).
-    if candidate and len(candidate) <= MAX_ID_LENGTH - 2 and "<" not in candidate:
+    if candidate and _utf8_length(candidate) <= MAX_ID_LENGTH - 2 and "<" not in candidate:
         return f"<{candidate}>", False
     defects.append("message-id: missing, synthetic id used" if not value else "message-id: junk")
     seed = "\0".join(
@@ -635,13 +635,19 @@ def _ids(values: Iterable[str], name: str, defects: list[str]) -> tuple[str, ...
     for value in values:
         for match in _MSG_ID.finditer(value):
             inner = _clean("".join(match.group(1).split()))
-            if inner and len(inner) <= MAX_ID_LENGTH:
+            if inner and _utf8_length(inner) <= MAX_ID_LENGTH - 2:
                 found[f"<{inner}>"] = None
     ids = tuple(found)
     if len(ids) > MAX_REFERENCES:
         defects.append(f"{name}: kept the first and the last {MAX_REFERENCES - 1} of {len(ids)}")
         ids = ids[:1] + ids[-(MAX_REFERENCES - 1) :]
     return ids
+
+
+def _utf8_length(text: str) -> int:
+    """Length in UTF-8: an id is indexed, and PostgreSQL refuses an index entry of more than
+    about 2,700 bytes (a refusal that would look like an outage and hold the mail back)."""
+    return len(text.encode("utf-8", "replace"))
 
 
 def _date(raw: str | None, charset: str | None, defects: list[str]) -> datetime | None:
