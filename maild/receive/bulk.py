@@ -55,8 +55,9 @@ class BulkIngest:
         # Read and parsing, not spooled yet: (sequence number, raw, last of all).
         self._unspooled: list[tuple[int, bytes, bool]] = []
         self._spool_ids: dict[int, int] = {}
-        # Auto-replies and bounces that came before the mails of their conversation.
-        self._unthreaded: list[tuple[int, Parsed]] = []
+        # Spool ids of auto-replies and bounces that came before their conversation (only
+        # the ids: a mailbox of bounces would otherwise be held in memory, parsed).
+        self._unthreaded: list[int] = []
         self.results: Counter[str] = Counter()
 
     def start(self) -> None:
@@ -143,14 +144,17 @@ class BulkIngest:
 
         unthreaded, self._unthreaded = self._unthreaded, []
         with app.db.begin(replayable=True) as conn:
-            self.results["ignored"] -= spool.reopen(conn, [spool_id for spool_id, _ in unthreaded])
-        for spool_id, parsed in unthreaded:
-            self._file_spooled(app, spool_id, parsed, again=True)
+            self.results["ignored"] -= spool.reopen(conn, unthreaded)
+        for spool_id in unthreaded:
+            self._file_spooled(app, spool_id, None, again=True)
 
     def _file(self, app: App, number: int, parsed: Parsed) -> None:
         self._file_spooled(app, self._spool_ids.pop(number), parsed)
 
-    def _file_spooled(self, app: App, spool_id: int, parsed: Parsed, again: bool = False) -> None:
+    def _file_spooled(
+        self, app: App, spool_id: int, parsed: Parsed | None, again: bool = False
+    ) -> None:
+        """`parsed` None: parsed here, from the spool."""
         try:
             outcome = app.processor.process(spool_id, parsed)
         except TemporaryFailure as exc:
@@ -161,7 +165,7 @@ class BulkIngest:
         if outcome is not None:
             self.results[outcome.state.value] += 1
             if outcome.unthreaded and not again:
-                self._unthreaded.append((spool_id, parsed))
+                self._unthreaded.append(spool_id)
 
 
 def _columns(batch: list[tuple[int, bytes, bool]]) -> tuple[list[int], list[bytes]]:
