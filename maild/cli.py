@@ -24,9 +24,8 @@ from maild.types import OUTBOX_STATES
 if TYPE_CHECKING:
     from maild.app import App
 
-# Imported above is what every command needs before it starts, and what `maild ingest`
-# needs to start parsing (receive/bulk.py); the database and pipeline stack (App) is
-# imported in `main` after that, and what only some commands use in their handlers.
+# The database and pipeline stack (App) is imported in `main`, once `maild ingest` has
+# forked its parse processes (receive/bulk.py); see also above _build_parser.
 #
 # What the imports built lives as long as the process, so the garbage collector need
 # not walk it: left in its sight, the full collections the interpreter makes on its way

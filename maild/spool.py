@@ -210,9 +210,13 @@ _FINISH = (
 )
 
 
-def requeue(session: Session, spool_ids: list[int] | None) -> int:
-    """Put quarantined mail back to pending (all of it when `spool_ids` is None)."""
-    statement = update(SpoolEntry).where(SpoolEntry.state == SpoolState.QUARANTINED)
+def requeue(
+    session: Session,
+    spool_ids: list[int] | None,
+    state: SpoolState = SpoolState.QUARANTINED,
+) -> int:
+    """Put mail in `state` back to pending (all of it when `spool_ids` is None)."""
+    statement = update(SpoolEntry).where(SpoolEntry.state == state)
     if spool_ids is not None:
         statement = statement.where(SpoolEntry.id.in_(spool_ids))
     result = cast(
@@ -223,21 +227,6 @@ def requeue(session: Session, spool_ids: list[int] | None) -> int:
         ),
     )
     return result.rowcount
-
-
-def reopen(conn: Connection, spool_ids: list[int]) -> int:
-    """Put these ignored mails back to pending, to be processed again."""
-    result = conn.execute(_REOPEN, {"ids": spool_ids})
-    return int(result.rowcount)
-
-
-_REOPEN = (
-    update(SpoolEntry)
-    .where(
-        SpoolEntry.state == SpoolState.IGNORED, SpoolEntry.id.in_(bindparam("ids", expanding=True))
-    )
-    .values(state=SpoolState.PENDING, step=None, reason=None)
-)
 
 
 def depth(session: Session) -> tuple[int, datetime | None]:

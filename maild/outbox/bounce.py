@@ -1,8 +1,6 @@
-"""Bounces (DSNs) of our own mails: find the original's Message-ID, note it on its ticket.
-
-A DSN (RFC 3464) carries the original as a message/rfc822 part, or only its headers as
-text/rfc822-headers; older MTAs quote it in the text. The Message-ID found there is
-matched against the outbox, whose rows keep the Message-ID of every mail we sent.
+"""Bounces (DSNs) of our own mails: the original's Message-ID (read by outbox/dsn.py) is
+matched against the outbox, whose rows keep the Message-ID of every mail we sent, and
+the bounce is noted on its ticket.
 """
 
 from __future__ import annotations

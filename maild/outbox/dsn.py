@@ -48,6 +48,12 @@ _ORIGINAL = {"message/rfc822", "text/rfc822-headers", "message/delivery-status"}
 _BODY_WINDOW = 4000
 
 
+def is_delivery_report(content_type: str | None) -> bool:
+    """A Content-Type of an RFC 3464 report (`multipart/report; report-type=delivery-status`)."""
+    value = (content_type or "").lower()
+    return "multipart/report" in value and "delivery-status" in value
+
+
 def looks_like_bounce(mail: ParsedMail) -> bool:
     """True for a non-delivery notice that is not a multipart/report (those the caller
     recognises by their content type)."""

@@ -98,19 +98,18 @@ def apply(
     numbering: Numbering,
     now: datetime,
     looked_up: dict[str, int | None] | None = None,
-    opening_columns: Mapping[str, Any] | None = None,
+    new_ticket: Mapping[str, Any] | None = None,
 ) -> Applied:
     """Store the mail in its ticket (opening one if the decision says so), with the fields,
     tags and assignee routing chose. `looked_up`: contacts this transaction has looked
-    up already (`queries.look_up_contacts`). `opening_columns`: more columns for a new
-    ticket (its SLA clocks), so that its row is written once."""
+    up already (`queries.look_up_contacts`). `new_ticket`: the columns of the ticket to
+    open (`opening_fields`, with its SLA clocks added), so that its row is written once."""
     people = _participants(mail, requester, settings)
     contact_ids = queries.contacts_for(conn, people, now, looked_up=looked_up)
     events: list[EventRow] = []
-    routed = _routed_fields(route, assignment, now)
 
     if decision.ticket_id is None:
-        fields = {**opening_fields(route, assignment, now), **(opening_columns or {})}
+        fields = dict(new_ticket or opening_fields(route, assignment, now))
         ticket_id, number = _open_ticket(
             conn, mail, contact_ids[requester[0]], fields, route.tags, numbering, now
         )
@@ -136,6 +135,7 @@ def apply(
             status in _REOPENED_BY_CUSTOMER
         ):
             changes["status"] = TicketStatus.OPEN
+        routed = _routed_fields(route, assignment, now)
         changes.update({k: v for k, v in routed.items() if v is not None})
         if route.tags or route.tags_removed:
             changes["tags"] = _merge_tags(current.tags or [], route.tags, route.tags_removed)

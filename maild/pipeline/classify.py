@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from maild.outbox.dsn import looks_like_bounce
+from maild.outbox.dsn import is_delivery_report, looks_like_bounce
 from maild.types import Envelope, MailClass, ParsedMail
 
 _AUTO_SUPPRESS_VALUES = {"all", "oof"}
@@ -21,10 +21,7 @@ def classify(mail: ParsedMail, envelope: Envelope) -> MailClass:
 
 
 def _is_bounce(mail: ParsedMail, envelope: Envelope) -> bool:
-    content_type = (mail.header("content-type") or "").lower()
-    if "multipart/report" in content_type and "delivery-status" in content_type:
-        return True
-    if looks_like_bounce(mail):
+    if is_delivery_report(mail.header("content-type")) or looks_like_bounce(mail):
         return True
     # A file import has no envelope; the Return-Path the final MTA wrote stands in for it.
     null_sender = envelope.mail_from == "" or (

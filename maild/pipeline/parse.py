@@ -23,7 +23,7 @@ from mailparser.dates import parse_mail_date
 from mailparser.utils import get_addresses
 
 from maild.errors import Quarantine
-from maild.outbox.dsn import read_report
+from maild.outbox.dsn import is_delivery_report, read_report
 from maild.pipeline.deadline import ParseTimeout, deadline, timeout_quarantine
 from maild.pipeline.limits import DEFAULT_LIMITS, MailLimits
 from maild.pipeline.text import (
@@ -141,12 +141,6 @@ _LOOSE_ADDRESS: Final = re.compile(r"[^\s<>(),;:\"'@\[\]]+@[^\s<>(),;:\"'@\[\]]+
 Parsed = ParsedMail | Exception
 
 
-def _is_delivery_report(message: Message) -> bool:
-    """An RFC 3464 report (classify.py takes every such mail for a bounce)."""
-    report_type = str(message.get_param("report-type", "") or "").lower()
-    return message.get_content_type() == "multipart/report" and report_type == "delivery-status"
-
-
 def parse_or_error(raw: bytes, limits: MailLimits = DEFAULT_LIMITS) -> Parsed:
     """`parse` within `[mail] max_parse_seconds`, a failure returned instead of raised."""
     try:
@@ -195,6 +189,8 @@ def parse(raw: bytes, limits: MailLimits = DEFAULT_LIMITS) -> ParsedMail:
 
     defects.extend(f"mime: {name}" for name in sorted(body.mime_defects))
 
+    # classify.py's test for a delivery report, on the same header value.
+    content_type = next(iter(headers.get("content-type", ())), None)
     text = _join(body.plain)
     html = "\n".join(body.html) if body.html else None
     if not text.strip() and html is not None:
@@ -224,7 +220,7 @@ def parse(raw: bytes, limits: MailLimits = DEFAULT_LIMITS) -> ParsedMail:
         headers=headers,
         defects=tuple(dict.fromkeys(defects)),
         # Read here, beside the parsing, rather than by the transaction that files it.
-        bounce_report=read_report(raw) if _is_delivery_report(message) else None,
+        bounce_report=read_report(raw) if is_delivery_report(content_type) else None,
     )
 
 

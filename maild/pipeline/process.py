@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import getaddresses
+from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
@@ -302,11 +303,15 @@ class Processor:
         if route.assign is not None:
             assignment = choose_agent(route.assign, rules.directory, queries.SqlAgentLoad(conn))
 
+        new_ticket: dict[str, Any] | None = None
         opening = None
-        if self._sla is not None and decision.ticket_id is None:
-            step.name = "sla"
-            fields = opening_fields(route, assignment, self._clock.now())
-            opening = self._sla.opening(fields, requester[0], self._clock.now())
+        if decision.ticket_id is None:
+            new_ticket = opening_fields(route, assignment, self._clock.now())
+            if self._sla is not None:
+                step.name = "sla"
+                opening = self._sla.opening(new_ticket, requester[0], self._clock.now())
+                if opening is not None:
+                    new_ticket.update(opening.columns)
 
         step.name = "apply"
         applied = apply(
@@ -322,7 +327,7 @@ class Processor:
             numbering=self._numbering,
             now=self._clock.now(),
             looked_up=looked_up,
-            opening_columns=opening.columns if opening is not None else None,
+            new_ticket=new_ticket,
         )
         # outbox (issue 6): the acknowledgement is queued in this same transaction.
         step.name = "outbox"

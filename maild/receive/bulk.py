@@ -26,7 +26,7 @@ from maild.pipeline.limits import MailLimits
 from maild.pipeline.parse import Parsed
 from maild.pipeline.parse_ahead import ParseAhead
 from maild.receive.ingest import Incoming, check_inputs, read_inputs
-from maild.types import Envelope
+from maild.types import Envelope, SpoolState
 
 if TYPE_CHECKING:
     from maild.app import App
@@ -143,8 +143,8 @@ class BulkIngest:
         from maild import spool  # the database stack: see the top
 
         unthreaded, self._unthreaded = self._unthreaded, []
-        with app.db.begin(replayable=True) as conn:
-            self.results["ignored"] -= spool.reopen(conn, unthreaded)
+        with app.db.transaction(replayable=True) as session:
+            self.results["ignored"] -= spool.requeue(session, unthreaded, SpoolState.IGNORED)
         for spool_id in unthreaded:
             self._file_spooled(app, spool_id, None, again=True)
 
