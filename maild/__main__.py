@@ -1,3 +1,3 @@
-from maild.cli import main
+from maild.launch import main
 
 raise SystemExit(main())

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from maild import logs
 from maild.config import Settings, load_settings
 from maild.errors import ConfigError, Quarantine, TemporaryFailure
+from maild.launch import collector_paused
 from maild.pipeline.limits import MailLimits
 from maild.receive.bulk import BulkIngest
 from maild.receive.ingest import MissingInput
@@ -205,9 +206,9 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
         print(f"maild: {exc}", file=sys.stderr)
         return EX_NOINPUT
     # Here, after the parse processes of an ingest were forked: see the top.
-    from maild.app import App
-    from maild.rules import RuleError
-
+    with collector_paused():
+        from maild.app import App
+        from maild.rules import RuleError
     gc.freeze()
     app = App(settings)
     try:

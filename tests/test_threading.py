@@ -5,10 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from maild import views
 from maild.app import App
-from maild.types import Envelope, SpoolState
+from maild.config import TicketSettings
+from maild.numbering import Numbering
+from maild.pipeline.thread import may_thread, thread, thread_keys
+from maild.types import Address, Envelope, ParsedMail, SpoolState
 from tests.conftest import deliver, make_mail
 
 
@@ -285,3 +290,82 @@ def test_replies_to_a_mail_that_is_not_here_share_a_ticket(app: App) -> None:
     root = deliver(app, make_mail(message_id="<root@x.example>", subject="a"))
     assert first.ticket_number == second.ticket_number == root.ticket_number
     assert ticket_count(app) == 1
+
+
+class _Index:
+    """A ThreadIndex from plain sets, for the property test below."""
+
+    def __init__(
+        self,
+        stored: dict[str, int],
+        numbers: dict[str, int],
+        participants: set[tuple[int, str]],
+        answering: dict[str, int],
+    ) -> None:
+        self.stored, self.numbers = stored, numbers
+        self.participants, self.answering = participants, answering
+
+    def ticket_for_message_ids(self, message_ids: list[str]) -> int | None:
+        return next((self.stored[i] for i in message_ids if i in self.stored), None)
+
+    def ticket_for_number(self, number: str) -> int | None:
+        return self.numbers.get(number)
+
+    def is_participant(self, ticket_id: int, address: str) -> bool:
+        return (ticket_id, address) in self.participants
+
+    def ticket_answering(self, message_ids: list[str]) -> int | None:
+        return next((self.answering[i] for i in message_ids if i in self.answering), None)
+
+
+_IDS = st.sampled_from([f"<{n}@x.example>" for n in range(6)])
+_TICKETS = st.integers(min_value=1, max_value=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    own=_IDS,
+    synthetic=st.booleans(),
+    in_reply_to=st.lists(_IDS, max_size=2),
+    references=st.lists(_IDS, max_size=3),
+    tagged=st.lists(_TICKETS, max_size=2),
+    stored=st.dictionaries(_IDS, _TICKETS, max_size=3),
+    numbers=st.dictionaries(_TICKETS.map(str), _TICKETS, max_size=3),
+    participants=st.sets(st.tuples(_TICKETS, st.sampled_from(["a@x.example", "b@x.example"]))),
+    answering=st.dictionaries(_IDS, _TICKETS, max_size=3),
+)
+def test_may_thread_says_yes_whenever_thread_finds_a_ticket(
+    own: str,
+    synthetic: bool,
+    in_reply_to: list[str],
+    references: list[str],
+    tagged: list[int],
+    stored: dict[str, int],
+    numbers: dict[str, int],
+    participants: set[tuple[int, str]],
+    answering: dict[str, int],
+) -> None:
+    """`maild ingest` files an early auto-reply again only when `may_thread` says so."""
+    numbering = Numbering(TicketSettings())
+    mail = ParsedMail(
+        message_id=own,
+        synthetic_message_id=synthetic,
+        body_hash="h",
+        in_reply_to=tuple(in_reply_to),
+        references=tuple(references),
+        from_=Address("a@x.example", ""),
+        to=(),
+        cc=(),
+        reply_to=(),
+        subject="Re: " + " ".join(numbering.tag(str(n)) for n in tagged),
+        date=None,
+        text="",
+        text_stripped="",
+        html=None,
+        attachments=(),
+    )
+    keys = thread_keys(mail, numbering)
+    index = _Index(stored, numbers, participants, answering)
+    if thread(mail, index, numbering).ticket_id is not None:
+        assert may_thread(keys, index)
+    assert not may_thread(keys, _Index({}, {}, set(), {}))

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, func, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from maild.db.base import Base
+from maild.db.dialects import dialect_insert
 from maild.db.models import Contact, Message, MessageRef, Ticket, TicketContact
 
 # Statements built once with bound parameters, so each compiles once: this is per mail.
@@ -98,7 +99,7 @@ def contacts_for(
     missing = [a for a in wanted if a not in found]
     if missing:
         rows = [{"address": a, "name": wanted[a], "created_at": now} for a in missing]
-        created = conn.execute(_CREATE_CONTACTS[conn.dialect.name], rows).all()
+        created = conn.execute(_create_contacts(conn.dialect.name), rows).all()
         found.update({address: contact_id for address, contact_id in created})
         # Those another transaction created meanwhile were skipped, and are not returned.
         raced = [a for a in missing if a not in found]
@@ -137,28 +138,19 @@ def add_participants(conn: Connection, ticket_id: int, roles: dict[int, str]) ->
 
 def _insert_ignoring_conflicts(conn: Connection, model: type[Base]) -> Any:
     """INSERT … ON CONFLICT DO NOTHING; parameters go separately, so it compiles once."""
-    dialect = conn.dialect.name
-    return _IGNORING_CONFLICTS[dialect, model.__tablename__]
+    return _ignoring_conflicts(conn.dialect.name, model.__tablename__)
 
 
-def _ignoring_conflicts() -> dict[tuple[str, str], Any]:
-    statements: dict[tuple[str, str], Any] = {}
-    for model in (Contact, TicketContact):
-        table = model.__table__
-        assert isinstance(table, Table)
-        statements["postgresql", model.__tablename__] = postgresql.insert(
-            table
-        ).on_conflict_do_nothing()
-        statements["sqlite", model.__tablename__] = sqlite.insert(table).on_conflict_do_nothing()
-    return statements
+@functools.cache
+def _ignoring_conflicts(dialect_name: str, table_name: str) -> Any:
+    return dialect_insert(dialect_name, Base.metadata.tables[table_name]).on_conflict_do_nothing()
 
 
-_IGNORING_CONFLICTS = _ignoring_conflicts()
-_CREATE_CONTACTS = {
-    dialect: statement.returning(Contact.address, Contact.id)
-    for (dialect, table), statement in _IGNORING_CONFLICTS.items()
-    if table == Contact.__tablename__
-}
+@functools.cache
+def _create_contacts(dialect_name: str) -> Any:
+    return _ignoring_conflicts(dialect_name, Contact.__tablename__).returning(
+        Contact.address, Contact.id
+    )
 
 
 def participants(session: Session, ticket_id: int) -> list[tuple[str, str, str]]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from maild import spool
+from maild.db.dialects import dialect_insert
 from maild.outbox.dsn import read_report
 from maild.outbox.tables import BOUNCING, OUTBOX
 from maild.pipeline.apply import EventRow, record_events
@@ -71,10 +71,9 @@ def mark_bouncing(
     conn: Connection, address: str, reason: str, until: datetime, now: datetime
 ) -> None:
     """No automatic mail to `address` before `until` (a later bounce extends it)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     values = {"until": until, "reason": reason[:2000], "updated_at": now}
     conn.execute(
-        dialect.insert(BOUNCING)
+        dialect_insert(conn.dialect.name, BOUNCING)
         .values(address=address.lower(), **values)
         .on_conflict_do_update(index_elements=[BOUNCING.c.address], set_=values)
     )

@@ -54,19 +54,37 @@ class ThreadDecision:
     claimed_ticket_id: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ThreadKeys:
+    """What `thread` looks a mail up by: a few strings, where the mail is kilobytes."""
+
+    # In-Reply-To (the direct parent) first, then References, newest first: they may
+    # reach far back or be trimmed.
+    referenced: tuple[str, ...]
+    numbers: tuple[str, ...]  # ticket numbers tagged in the subject, in order
+    own_id: str | None  # None for an id made up from the content: no reply names it
+
+
+def thread_keys(mail: ParsedMail, numbering: Numbering) -> ThreadKeys:
+    return ThreadKeys(
+        referenced=tuple(dict.fromkeys([*mail.in_reply_to, *reversed(mail.references)])),
+        numbers=tuple(numbering.numbers_in(mail.subject)),
+        own_id=None if mail.synthetic_message_id else mail.message_id,
+    )
+
+
 def thread(mail: ParsedMail, index: ThreadIndex, numbering: Numbering) -> ThreadDecision:
-    # In-Reply-To names the direct parent; References may reach far back or be trimmed.
-    referenced = list(dict.fromkeys([*mail.in_reply_to, *reversed(mail.references)]))
-    if referenced:
-        ticket_id = index.ticket_for_message_ids(referenced)
+    keys = thread_keys(mail, numbering)
+    if keys.referenced:
+        ticket_id = index.ticket_for_message_ids(list(keys.referenced))
         if ticket_id is None:
-            ticket_id = index.ticket_answering(referenced)
+            ticket_id = index.ticket_answering(list(keys.referenced))
         if ticket_id is not None:
             return ThreadDecision(ticket_id, ThreadReason.HEADER)
 
     sender = mail.from_.address if mail.from_ else None
     claimed: int | None = None
-    for number in numbering.numbers_in(mail.subject):
+    for number in keys.numbers:
         ticket_id = index.ticket_for_number(number)
         if ticket_id is None:
             continue
@@ -76,9 +94,23 @@ def thread(mail: ParsedMail, index: ThreadIndex, numbering: Numbering) -> Thread
 
     if claimed is not None:
         return ThreadDecision(None, ThreadReason.STRANGER_TAG, claimed_ticket_id=claimed)
-    # A content-derived id (the mail had none) is named by no reply.
-    if not mail.synthetic_message_id:
-        ticket_id = index.ticket_answering([mail.message_id])
+    if keys.own_id is not None:
+        ticket_id = index.ticket_answering([keys.own_id])
         if ticket_id is not None:
             return ThreadDecision(ticket_id, ThreadReason.ANSWERED)
     return ThreadDecision(None, ThreadReason.NEW)
+
+
+def may_thread(keys: ThreadKeys, index: ThreadIndex) -> bool:
+    """Whether any lookup `thread` makes for these keys finds a ticket. Without the
+    participant check, so it may say yes for a mail that `thread` would still leave
+    without a ticket, but never no for one it would give a ticket."""
+    referenced = list(keys.referenced)
+    if referenced and (
+        index.ticket_for_message_ids(referenced) is not None
+        or index.ticket_answering(referenced) is not None
+    ):
+        return True
+    if any(index.ticket_for_number(number) is not None for number in keys.numbers):
+        return True
+    return keys.own_id is not None and index.ticket_answering([keys.own_id]) is not None

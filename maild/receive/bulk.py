@@ -25,8 +25,9 @@ from maild.errors import TemporaryFailure
 from maild.pipeline.limits import MailLimits
 from maild.pipeline.parse import Parsed
 from maild.pipeline.parse_ahead import ParseAhead
+from maild.pipeline.thread import ThreadKeys, may_thread, thread_keys
 from maild.receive.ingest import Incoming, check_inputs, read_inputs
-from maild.types import Envelope, SpoolState
+from maild.types import Envelope, ParsedMail, SpoolState
 
 if TYPE_CHECKING:
     from maild.app import App
@@ -55,9 +56,10 @@ class BulkIngest:
         # Read and parsing, not spooled yet: (sequence number, raw, last of all).
         self._unspooled: list[tuple[int, bytes, bool]] = []
         self._spool_ids: dict[int, int] = {}
-        # Spool ids of auto-replies and bounces that came before their conversation (only
-        # the ids: a mailbox of bounces would otherwise be held in memory, parsed).
-        self._unthreaded: list[int] = []
+        # Auto-replies and bounces that came before their conversation: their spool ids
+        # and what threading looks them up by (not the mails: a mailbox of bounces
+        # would otherwise be held in memory, parsed).
+        self._unthreaded: list[tuple[int, ThreadKeys]] = []
         self.results: Counter[str] = Counter()
 
     def start(self) -> None:
@@ -137,15 +139,22 @@ class BulkIngest:
     def _file_unthreaded_again(self, app: App) -> None:
         """Give the auto-replies and bounces that threaded to no ticket a second look, now
         that every mail of the import is in: in a directory sorted by file name an
-        auto-reply can come before the mail it answers."""
+        auto-reply can come before the mail it answers. Only those that a mail filed
+        since could give a ticket are filed again, parsed anew from the spool."""
         if not self._unthreaded:
             return
         from maild import spool  # the database stack: see the top
+        from maild.db.queries import SqlThreadIndex
 
         unthreaded, self._unthreaded = self._unthreaded, []
+        with app.db.read() as session:
+            index = SqlThreadIndex(session.connection())
+            again = [spool_id for spool_id, keys in unthreaded if may_thread(keys, index)]
+        if not again:
+            return
         with app.db.transaction(replayable=True) as session:
-            self.results["ignored"] -= spool.requeue(session, unthreaded, SpoolState.IGNORED)
-        for spool_id in unthreaded:
+            self.results["ignored"] -= spool.requeue(session, again, SpoolState.IGNORED)
+        for spool_id in again:
             self._file_spooled(app, spool_id, None, again=True)
 
     def _file(self, app: App, number: int, parsed: Parsed) -> None:
@@ -165,7 +174,8 @@ class BulkIngest:
         if outcome is not None:
             self.results[outcome.state.value] += 1
             if outcome.unthreaded and not again:
-                self._unthreaded.append(spool_id)
+                assert isinstance(parsed, ParsedMail)  # only a parsed mail threads nowhere
+                self._unthreaded.append((spool_id, thread_keys(parsed, app.numbering)))
 
 
 def _columns(batch: list[tuple[int, bytes, bool]]) -> tuple[list[int], list[bytes]]:
