@@ -168,8 +168,9 @@ def finish(
     *,
     step: str | None = None,
     reason: str | None = None,
-) -> None:
-    conn.execute(
+) -> bool:
+    """Record the outcome of a pending mail; False if it was not pending (nothing changed)."""
+    result = conn.execute(
         _FINISH,
         {
             "spool_id": spool_id,
@@ -182,6 +183,7 @@ def finish(
             "message_id_": _clip(summary.message_id),
         },
     )
+    return result.rowcount == 1
 
 
 def _clip(value: str | None) -> str | None:
@@ -196,7 +198,7 @@ def _no_nul(text: str) -> str:
 
 _FINISH = (
     update(SpoolEntry)
-    .where(SpoolEntry.id == bindparam("spool_id"))
+    .where(SpoolEntry.id == bindparam("spool_id"), SpoolEntry.state == SpoolState.PENDING)
     .values(
         state=bindparam("state_"),
         step=bindparam("step_"),

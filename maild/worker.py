@@ -79,34 +79,35 @@ def work(
     down_since: float | None = None
     seen = rules[0].value if rules else 0
     event(log, "worker started")
-    while not stop.is_set() and alive():
-        wake.clear()
-        if rules is not None and rules[0].value != seen:
-            seen = rules[0].value
-            rules[1].reload()
-        try:
-            if ahead is None:
-                _drain(processor, stop, report)
-            else:
-                _drain_parsing_ahead(processor, ahead, stop, report)
-        except TemporaryFailure as exc:
-            if down_since is None:
-                down_since = time.monotonic()
-                event(log, "database unavailable", logging.WARNING, error=str(exc))
-            # Not `wake`: the poll timer and the listener set it all the time, and with
-            # the database away there is nothing they could have brought.
-            stop.wait(backoff)
-            backoff = min(backoff * 2, _MAX_BACKOFF)
-            continue
-        if down_since is not None:
-            event(
-                log,
-                "database available again",
-                down_seconds=round(time.monotonic() - down_since, 1),
-            )
-            down_since = None
-            backoff = poll_interval
-        wake.wait(poll_interval)
+    with processor.pinned():
+        while not stop.is_set() and alive():
+            wake.clear()
+            if rules is not None and rules[0].value != seen:
+                seen = rules[0].value
+                rules[1].reload()
+            try:
+                if ahead is None:
+                    _drain(processor, stop, report)
+                else:
+                    _drain_parsing_ahead(processor, ahead, stop, report)
+            except TemporaryFailure as exc:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    event(log, "database unavailable", logging.WARNING, error=str(exc))
+                # Not `wake`: the poll timer and the listener set it all the time, and with
+                # the database away there is nothing they could have brought.
+                stop.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                continue
+            if down_since is not None:
+                event(
+                    log,
+                    "database available again",
+                    down_seconds=round(time.monotonic() - down_since, 1),
+                )
+                down_since = None
+                backoff = poll_interval
+            wake.wait(poll_interval)
 
 
 def _drain(processor: Processor, stop: Flag, report: Report) -> None:

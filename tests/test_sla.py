@@ -585,3 +585,21 @@ def test_a_new_ticket_starts_with_the_clocks_a_refresh_would_give_it(
         ]
         assert session.scalar(select(func.count()).select_from(Event)) == events
     assert after == before
+
+
+def test_a_reply_after_the_policies_are_gone_stops_the_tickets_clocks(
+    setup: tuple[App, Path], tmp_path: Path
+) -> None:
+    """With no policies a reply need not look at SLA clocks, unless its ticket has some."""
+    app, _ = setup
+    deliver(app, make_mail(message_id="<gone1@customer.example>"))
+    assert ticket(app).sla_applied == "standard"
+    (tmp_path / "rules" / "sla.yaml").unlink()
+    deliver(
+        app, make_mail(subject="Re: [#1] Printer on fire", in_reply_to="<gone1@customer.example>")
+    )
+    stopped = ticket(app)
+    assert (stopped.sla_applied, stopped.first_response_due_at) == (None, None)
+    with app.db.transaction() as session:
+        kinds = session.scalars(select(Event.kind).where(Event.kind == "sla_removed")).all()
+    assert kinds == ["sla_removed"]

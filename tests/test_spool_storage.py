@@ -7,12 +7,15 @@ import threading
 from pathlib import Path
 
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from maild import spool
 from maild.app import App
 from maild.db.session import Database
 from maild.errors import TemporaryFailure
-from maild.types import Envelope
+from maild.pipeline.limits import MailLimits
+from maild.pipeline.parse import parse_or_error
+from maild.types import Envelope, SpoolState
 from tests.conftest import make_mail
 
 
@@ -145,3 +148,55 @@ def test_a_postgresql_host_that_never_answers_is_a_temporary_failure() -> None:
         trying.join(60)  # without the timeout it is still waiting here
         assert len(outcome) == 1, "the connection attempt did not give up"
         assert isinstance(outcome[0], TemporaryFailure), outcome
+
+
+def test_pinned_transactions_share_a_connection_and_survive_a_failed_one(app: App) -> None:
+    db = app.db
+    with db.begin() as conn:
+        conn.execute(text("CREATE TABLE pinned_t (n INTEGER PRIMARY KEY)"))
+    seen: list[object] = []
+    with db.pinned():
+        for n in (1, 2):
+            with db.begin(replayable=True) as conn:
+                conn.execute(text("INSERT INTO pinned_t VALUES (:n)"), {"n": n})
+                seen.append(conn)
+        try:
+            with db.begin(replayable=True) as conn:
+                conn.execute(text("INSERT INTO pinned_t VALUES (3)"))
+                conn.execute(text("INSERT INTO pinned_t VALUES (1)"))  # duplicate key
+        except IntegrityError:
+            pass
+        else:
+            raise AssertionError("the duplicate key went in")
+        with db.begin(replayable=True) as conn:  # the failed one was rolled back whole
+            conn.execute(text("INSERT INTO pinned_t VALUES (4)"))
+            seen.append(conn)
+        with db.begin() as durable:  # only replayable transactions are pinned
+            assert durable is not seen[0]
+    assert seen[0] is seen[1] is seen[2]
+    with db.begin(replayable=True) as conn:
+        assert conn is not seen[0]
+        assert list(conn.scalars(text("SELECT n FROM pinned_t ORDER BY n"))) == [1, 2, 4]
+
+
+def test_a_mail_taken_meanwhile_is_not_filed_from_the_row_the_caller_wrote(app: App) -> None:
+    # A bulk import hands the processor the spool row it wrote rather than have it read
+    # back; if the row stopped being pending in between, the filing is rolled back whole.
+    raw = make_mail(message_id="<entry@customer.example>")
+    now = app.clock.now()
+    limits = MailLimits.of(app.settings.mail)
+    taken, pending = spool.put_many(app.db, [(raw, Envelope()), (raw, Envelope())], "ingest", now)
+    with app.db.begin() as conn:
+        conn.execute(text("UPDATE spool SET state = 'quarantined' WHERE id = :i"), {"i": taken})
+    parsed = parse_or_error(raw, limits)
+    entry = spool.Claimed(taken, Envelope(), None, now)
+    assert app.processor.process(taken, parsed, entry) is None
+    with app.db.begin() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM ticket")) == 0
+        assert conn.scalar(text("SELECT count(*) FROM message")) == 0
+    filed = app.processor.process(pending, parsed, spool.Claimed(pending, Envelope(), None, now))
+    assert filed is not None and filed.state is SpoolState.DONE
+    with app.db.begin() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM message")) == 1
+        states = dict(conn.execute(text("SELECT id, state FROM spool")).all())
+    assert states == {taken: "quarantined", pending: "done"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection
 
 from maild.agents import store
 from maild.agents.mailer import Mailer
@@ -18,7 +18,7 @@ from maild.agents.recognise import AgentMail, IdentityRules, recognise
 from maild.agents.reply import Replies
 from maild.agents.tokens import Keyring
 from maild.config import Settings
-from maild.db.models import Ticket
+from maild.db.queries import CurrentTicket
 from maild.logs import event
 from maild.numbering import Numbering
 from maild.pipeline.apply import EventRow, record_events
@@ -27,11 +27,6 @@ from maild.rules.teams import Directory
 from maild.types import Envelope, MailClass, ParsedMail, TicketStatus
 
 log = logging.getLogger("maild.agents")
-
-# Built once: follow_up runs for every mail that threads to a ticket.
-_STATUS_OF_TICKET = select(Ticket.status, Ticket.updated_at).where(
-    Ticket.id == bindparam("ticket_id")
-)
 
 
 class AgentDesk:
@@ -85,17 +80,22 @@ class AgentDesk:
         )
 
     def follow_up(
-        self, conn: Connection, decision: ThreadDecision, mail_class: MailClass, now: datetime
+        self,
+        conn: Connection,
+        decision: ThreadDecision,
+        mail_class: MailClass,
+        current: CurrentTicket | None,
+        now: datetime,
     ) -> ThreadDecision:
         """A customer writing to a closed ticket, or to one resolved more than
-        `reopen_days` ago, gets a new ticket linked to the old one; otherwise `decision`."""
-        if decision.ticket_id is None or mail_class is not MailClass.HUMAN:
+        `reopen_days` ago, gets a new ticket linked to the old one; otherwise `decision`.
+        `current`: the ticket the decision names."""
+        if current is None or mail_class is not MailClass.HUMAN:
             return decision
-        row = conn.execute(_STATUS_OF_TICKET, {"ticket_id": decision.ticket_id}).one()
-        if row.status == TicketStatus.RESOLVED:
-            resolved_at = store.resolved_at(conn, decision.ticket_id) or row.updated_at
+        if current.status == TicketStatus.RESOLVED:
+            resolved_at = store.resolved_at(conn, current.id) or current.updated_at
             if now - resolved_at <= timedelta(days=self._settings.reopen_days):
                 return decision
-        elif row.status != TicketStatus.CLOSED:
+        elif current.status != TicketStatus.CLOSED:
             return decision
         return ThreadDecision(None, ThreadReason.FOLLOW_UP, claimed_ticket_id=decision.ticket_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +42,41 @@ _CONTACT_IDS = select(Contact.address, Contact.id).where(
     Contact.address.in_(bindparam("addresses", expanding=True))
 )
 _CONTACT_ID = select(Contact.id).where(Contact.address == bindparam("address"))
+_CURRENT_TICKET = select(
+    Ticket.number,
+    Ticket.status,
+    Ticket.tags,
+    Ticket.updated_at,
+    Ticket.sla_applied,
+    Ticket.next_sla_check_at,
+).where(Ticket.id == bindparam("ticket_id"))
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentTicket:
+    """A ticket as a mail that threads to it finds it, read once for every step that
+    decides what the mail does to it (reopen, follow up, SLA clocks)."""
+
+    id: int
+    number: str
+    status: str
+    tags: list[str]
+    updated_at: datetime
+    sla_applied: str | None
+    next_sla_check_at: datetime | None
+
+
+def current_ticket(conn: Connection, ticket_id: int) -> CurrentTicket:
+    row = conn.execute(_CURRENT_TICKET, {"ticket_id": ticket_id}).one()
+    return CurrentTicket(
+        ticket_id,
+        str(row.number),
+        row.status,
+        row.tags or [],
+        row.updated_at,
+        row.sla_applied,
+        row.next_sla_check_at,
+    )
 
 
 class SqlThreadIndex:

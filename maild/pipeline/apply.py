@@ -41,9 +41,6 @@ _INSERT_TICKET = insert(_TICKET).returning(_TICKET.c.id)
 _SET_NUMBER = (
     update(_TICKET).where(_TICKET.c.id == bindparam("ticket_id")).values(number=bindparam("number"))
 )
-_TICKET_STATE = select(_TICKET.c.number, _TICKET.c.status, _TICKET.c.tags).where(
-    _TICKET.c.id == bindparam("ticket_id")
-)
 _INSERT_MESSAGE = insert(_table(Message)).returning(_table(Message).c.id)
 _INSERT_ATTACHMENT = insert(_table(Attachment))
 _INSERT_REF = insert(_table(MessageRef))
@@ -99,11 +96,13 @@ def apply(
     now: datetime,
     looked_up: dict[str, int | None] | None = None,
     new_ticket: Mapping[str, Any] | None = None,
+    current: queries.CurrentTicket | None = None,
 ) -> Applied:
     """Store the mail in its ticket (opening one if the decision says so), with the fields,
     tags and assignee routing chose. `looked_up`: contacts this transaction has looked
     up already (`queries.look_up_contacts`). `new_ticket`: the columns of the ticket to
-    open (`opening_fields`, with its SLA clocks added), so that its row is written once."""
+    open (`opening_fields`, with its SLA clocks added), so that its row is written once.
+    `current`: the ticket the decision names, if any, as this transaction read it."""
     people = _participants(mail, requester, settings)
     contact_ids = queries.contacts_for(conn, people, now, looked_up=looked_up)
     events: list[EventRow] = []
@@ -128,8 +127,8 @@ def apply(
             events += _follow_up_events(conn, ticket_id, number, decision.claimed_ticket_id)
     else:
         ticket_id = decision.ticket_id
-        current = conn.execute(_TICKET_STATE, {"ticket_id": ticket_id}).one()
-        number, status = str(current.number), current.status
+        assert current is not None and current.id == ticket_id, "read by the caller"
+        number, status = current.number, current.status
         changes: dict[str, Any] = {"updated_at": now}
         if mail_class not in (MailClass.AUTO_REPLY, MailClass.BOUNCE) and (
             status in _REOPENED_BY_CUSTOMER
@@ -138,7 +137,7 @@ def apply(
         routed = _routed_fields(route, assignment, now)
         changes.update({k: v for k, v in routed.items() if v is not None})
         if route.tags or route.tags_removed:
-            changes["tags"] = _merge_tags(current.tags or [], route.tags, route.tags_removed)
+            changes["tags"] = _merge_tags(current.tags, route.tags, route.tags_removed)
         if changes.get("status", status) != status:
             why = "routing rule" if route.status else "customer replied"
             events.append(

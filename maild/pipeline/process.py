@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from email.utils import getaddresses
 from typing import Any
@@ -60,6 +61,10 @@ class _Unthreaded(Ignore):
     """An auto-reply or bounce that belongs to no ticket."""
 
 
+class _NotPending(Exception):
+    """The mail was no longer pending when its outcome was to be recorded."""
+
+
 def _summary(mail: Parsed | None, raw: bytes | None) -> spool.Summary:
     if isinstance(mail, ParsedMail):
         sender = mail.from_
@@ -98,13 +103,24 @@ class Processor:
         self._acknowledger = Acknowledger(settings, self._numbering)
         self._agents = AgentDesk(settings, self._numbering)
 
-    def process(self, spool_id: int, parsed: Parsed | None = None) -> Outcome | None:
+    def process(
+        self, spool_id: int, parsed: Parsed | None = None, entry: spool.Claimed | None = None
+    ) -> Outcome | None:
         """Process one mail by id; None if it is not pending (done already, or taken).
 
         `parsed` is the result of `parse_or_error` on its raw bytes, when the caller
-        parsed ahead (see parse_ahead.py).
+        parsed ahead (see parse_ahead.py). `entry` is the spool row as the caller wrote
+        it (a bulk import, a moment ago): on SQLite, whose transactions lock the whole
+        file, it is not read back, and the outcome is recorded only if the row is still
+        pending at the end (otherwise the work is rolled back and None returned).
         """
-        return self._process(spool_id=spool_id, parsed=parsed)
+        if entry is not None and self._db.is_postgres:
+            entry = None  # rows are locked one by one there: the claim takes the lock
+        return self._process(spool_id=spool_id, parsed=parsed, entry=entry)
+
+    def pinned(self) -> AbstractContextManager[None]:
+        """For a loop of `process` calls: they share one database connection."""
+        return self._db.pinned()
 
     def process_next(self, after_id: int = 0) -> Outcome | None:
         """Process the oldest pending mail after `after_id`; None when there is none."""
@@ -120,7 +136,12 @@ class Processor:
         return outcomes
 
     def _process(
-        self, *, spool_id: int | None = None, after_id: int = 0, parsed: Parsed | None = None
+        self,
+        *,
+        spool_id: int | None = None,
+        after_id: int = 0,
+        parsed: Parsed | None = None,
+        entry: spool.Claimed | None = None,
     ) -> Outcome | None:
         if parsed is None and not self._db.is_postgres:
             # SQLite has one writer lock for the whole file: parse before taking it, so
@@ -140,18 +161,22 @@ class Processor:
                 # Replayable: a lost commit leaves the spool row pending, to be redone.
                 with self._db.begin(replayable=True) as conn:
                     with_raw = parsed is None
-                    if spool_id is not None:
-                        entry = spool.claim(conn, spool_id, with_raw=with_raw)
+                    if entry is not None and attempt == 1:
+                        claimed_entry: spool.Claimed | None = entry
+                    elif spool_id is not None:
+                        claimed_entry = spool.claim(conn, spool_id, with_raw=with_raw)
                     else:
-                        entry = spool.claim_next(conn, after_id=after_id, with_raw=with_raw)
-                    if entry is None:
+                        claimed_entry = spool.claim_next(conn, after_id=after_id, with_raw=with_raw)
+                    if claimed_entry is None:
                         return None
-                    claimed = entry.id
+                    claimed = claimed_entry.id
                     if mail is None:
-                        mail = parse_or_error(entry.raw or b"", self._limits)
-                    outcome = self._pipeline(conn, entry, mail, step)
-                    self._finish(conn, entry.id, outcome, _summary(mail, entry.raw))
+                        mail = parse_or_error(claimed_entry.raw or b"", self._limits)
+                    outcome = self._pipeline(conn, claimed_entry, mail, step)
+                    self._finish(conn, claimed, outcome, _summary(mail, claimed_entry.raw))
                 return outcome
+            except _NotPending:
+                return None  # rolled back: another process filed it meanwhile
             except IntegrityError as exc:
                 # Another instance created the same contact or message first; a second
                 # pass sees its row. Twice is not a race any more.
@@ -198,7 +223,7 @@ class Processor:
     def _finish(
         self, conn: Connection, spool_id: int, outcome: Outcome, summary: spool.Summary
     ) -> None:
-        spool.finish(
+        finished = spool.finish(
             conn,
             spool_id,
             outcome.state,
@@ -207,6 +232,8 @@ class Processor:
             step=outcome.step,
             reason=outcome.reason,
         )
+        if not finished:
+            raise _NotPending
         event(
             log,
             "mail processed",
@@ -270,7 +297,12 @@ class Processor:
             return Outcome(entry.id, SpoolState.DONE, ticket_number=agent_mail.number)
         if agent_mail is not None:
             self._agents.refuse(conn, agent_mail, mail, self._clock.now())
-        decision = self._agents.follow_up(conn, decision, mail_class, self._clock.now())
+        current = (
+            None if decision.ticket_id is None else queries.current_ticket(conn, decision.ticket_id)
+        )
+        decision = self._agents.follow_up(conn, decision, mail_class, current, self._clock.now())
+        if decision.ticket_id is None:
+            current = None
 
         if decision.ticket_id is None:
             if mail_class in (MailClass.AUTO_REPLY, MailClass.BOUNCE):
@@ -328,6 +360,7 @@ class Processor:
             now=self._clock.now(),
             looked_up=looked_up,
             new_ticket=new_ticket,
+            current=current,
         )
         # outbox (issue 6): the acknowledgement is queued in this same transaction.
         step.name = "outbox"
@@ -362,9 +395,9 @@ class Processor:
                 if opening is not None:
                     self._sla.opened(conn, applied.ticket_id, opening, self._clock.now())
             elif mail_class is MailClass.HUMAN:
-                self._sla.on_customer_reply(conn, applied.ticket_id, self._clock.now())
+                self._sla.on_customer_reply(conn, applied.ticket_id, self._clock.now(), current)
             else:
-                self._sla.on_ticket_change(conn, applied.ticket_id, self._clock.now())
+                self._sla.on_ticket_change(conn, applied.ticket_id, self._clock.now(), current)
         return Outcome(
             entry.id,
             SpoolState.DONE,

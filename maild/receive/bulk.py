@@ -31,6 +31,7 @@ from maild.types import Envelope, ParsedMail, SpoolState
 
 if TYPE_CHECKING:
     from maild.app import App
+    from maild.spool import Claimed
 
 # Mails spooled per commit (or bytes, whichever comes first). Each mail is still filed in
 # a transaction of its own.
@@ -55,7 +56,8 @@ class BulkIngest:
         self._next = 0
         # Read and parsing, not spooled yet: (sequence number, raw, last of all).
         self._unspooled: list[tuple[int, bytes, bool]] = []
-        self._spool_ids: dict[int, int] = {}
+        # The spool rows written, by sequence number, as the processor would read them back.
+        self._spooled: dict[int, Claimed] = {}
         # Auto-replies and bounces that came before their conversation: their spool ids
         # and what threading looks them up by (not the mails: a mailbox of bounces
         # would otherwise be held in memory, parsed).
@@ -75,7 +77,7 @@ class BulkIngest:
         from maild.db.checkpoint import Checkpointer  # the database stack: see the top
 
         try:
-            with Checkpointer(app.db.engine):
+            with Checkpointer(app.db.engine), app.db.pinned():
                 self._spool(app, self._unspooled)
                 self._unspooled = []
                 while batch := self._read(SPOOL_BATCH, SPOOL_BATCH_BYTES):
@@ -124,15 +126,14 @@ class BulkIngest:
 
         if not batch:
             return
+        now = app.clock.now()
+        envelope = Envelope()
         ids = spool.put_many(
-            app.db,
-            [(raw, Envelope()) for _, raw, _ in batch],
-            "ingest",
-            app.clock.now(),
-            durable=batch[-1][2],
+            app.db, [(raw, envelope) for _, raw, _ in batch], "ingest", now, durable=batch[-1][2]
         )
-        self._spool_ids.update(
-            (number, id_) for (number, _, _), id_ in zip(batch, ids, strict=True)
+        self._spooled.update(
+            (number, spool.Claimed(id_, envelope, None, now))
+            for (number, _, _), id_ in zip(batch, ids, strict=True)
         )
         self.results["spooled"] += len(ids)
 
@@ -158,14 +159,20 @@ class BulkIngest:
             self._file_spooled(app, spool_id, None, again=True)
 
     def _file(self, app: App, number: int, parsed: Parsed) -> None:
-        self._file_spooled(app, self._spool_ids.pop(number), parsed)
+        entry = self._spooled.pop(number)
+        self._file_spooled(app, entry.id, parsed, entry)
 
     def _file_spooled(
-        self, app: App, spool_id: int, parsed: Parsed | None, again: bool = False
+        self,
+        app: App,
+        spool_id: int,
+        parsed: Parsed | None,
+        entry: Claimed | None = None,
+        again: bool = False,
     ) -> None:
         """`parsed` None: parsed here, from the spool."""
         try:
-            outcome = app.processor.process(spool_id, parsed)
+            outcome = app.processor.process(spool_id, parsed, entry)
         except TemporaryFailure as exc:
             # The mail is safe in the spool; the next ingest or `maild run` processes it.
             print(f"maild: spooled as {spool_id}, not processed: {exc}", file=sys.stderr)

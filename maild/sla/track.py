@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, Table, bindparam, select, update
 
 from maild.db.models import Contact, Message, SlaStage, Ticket
+from maild.db.queries import CurrentTicket
 from maild.pipeline.apply import EventRow, record_events
 from maild.sla import clocks as sla_clocks
 from maild.sla.calendar import Calendar
@@ -163,10 +164,14 @@ class SlaTracker:
         """Record the events of the clocks the new ticket `ticket_id` was created with."""
         record_events(conn, [EventRow(ticket_id, kind, data) for kind, data in opening.events], now)
 
-    def on_customer_reply(self, conn: Connection, ticket_id: int, now: datetime) -> None:
+    def on_customer_reply(
+        self, conn: Connection, ticket_id: int, now: datetime, found: CurrentTicket | None = None
+    ) -> None:
         """A customer's mail joined the ticket: next response re-arms; a resolved ticket
-        that reopened gets a new resolution cycle."""
-        self.refresh(conn, ticket_id, now, customer_replied=True)
+        that reopened gets a new resolution cycle. `found`: the ticket as the mail's
+        transaction read it before changing it."""
+        if found is None or not self._keeps_no_clocks(found):
+            self.refresh(conn, ticket_id, now, customer_replied=True)
 
     def on_agent_reply(self, conn: Connection, ticket_id: int, now: datetime) -> None:
         """An agent's reply went to the customer: first and next response are met."""
@@ -187,9 +192,22 @@ class SlaTracker:
         )
         self.refresh(conn, ticket_id, now, agent_replied=MessageKind.AGENT_REPLY in kinds)
 
-    def on_ticket_change(self, conn: Connection, ticket_id: int, now: datetime) -> None:
-        """Status, priority, queue, type or the named policy changed."""
-        self.refresh(conn, ticket_id, now)
+    def on_ticket_change(
+        self, conn: Connection, ticket_id: int, now: datetime, found: CurrentTicket | None = None
+    ) -> None:
+        """Status, priority, queue, type or the named policy changed. `found`: as in
+        `on_customer_reply`."""
+        if found is None or not self._keeps_no_clocks(found):
+            self.refresh(conn, ticket_id, now)
+
+    def _keeps_no_clocks(self, found: CurrentTicket) -> bool:
+        """What `refresh` would find out by reading the ticket again: no policy can apply
+        (there are none) and the ticket has no clocks to stop."""
+        return (
+            not self._policies().policies
+            and found.sla_applied is None
+            and found.next_sla_check_at is None
+        )
 
     def refresh(
         self,
