@@ -200,3 +200,25 @@ def test_a_mail_taken_meanwhile_is_not_filed_from_the_row_the_caller_wrote(app: 
         assert conn.scalar(text("SELECT count(*) FROM message")) == 1
         states = dict(conn.execute(text("SELECT id, state FROM spool")).all())
     assert states == {taken: "quarantined", pending: "done"}
+
+
+def test_a_pinned_connection_is_given_up_after_an_outage(app: App) -> None:
+    # After a database outage the next transaction takes a connection from the pool,
+    # which checks it first, rather than go on with one that may be dead.
+    db = app.db
+    with db.pinned():
+        with db.begin(replayable=True) as conn:
+            first = conn
+        try:
+            with db.begin(replayable=True) as conn:
+                # Any OperationalError counts as an outage: this one is easy to cause.
+                conn.execute(text("SELECT * FROM no_such_table"))
+        except TemporaryFailure:
+            pass
+        else:
+            raise AssertionError("no TemporaryFailure")
+        with db.begin(replayable=True) as conn:
+            assert conn is not first
+            again = conn
+        with db.begin(replayable=True) as conn:
+            assert conn is again
