@@ -211,8 +211,10 @@ def test_a_pinned_connection_is_given_up_after_an_outage(app: App) -> None:
             first = conn
         try:
             with db.begin(replayable=True) as conn:
-                # Any OperationalError counts as an outage: this one is easy to cause.
-                conn.execute(text("SELECT * FROM no_such_table"))
+                if db.is_postgres:  # the server ends this connection
+                    conn.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+                else:  # SQLite: any OperationalError counts as an outage
+                    conn.execute(text("SELECT * FROM no_such_table"))
         except TemporaryFailure:
             pass
         else:
