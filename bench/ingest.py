@@ -1,13 +1,17 @@
 """Ingest benchmark: bare mail-parser throughput vs. ``maild ingest`` end to end.
 
-    python bench/ingest.py [--count 2000] [--seed 1] [--workdir DIR] [--maild PATH]
+    python bench/ingest.py [--count 2000] [--seed 1] [--workdir DIR] [--maild PATH] [--runs 3]
 
 1. generates the deterministic corpus (bench/corpus.py) into a temp dir (or DIR/corpus);
 2. (a) bare parse rate: all files are read into memory, then
    ``mailparser.parse_from_bytes(raw)`` is called on each; best of 3 passes;
 3. (b) end to end: ``maild ingest CORPUS`` runs as a subprocess with
    ``MAILD_DATABASE_URL=sqlite:///<run>/bench.db`` in a fresh cwd; wall clock from
-   start to exit, peak RSS of that child from ``os.wait4`` (exact, its own);
+   start to exit, peak RSS of that child from ``os.wait4`` (exact, its own); best of
+   3 runs, each on a fresh database, as (a) is the best of 3 passes, and the two take
+   turns (a pass, a run, a pass ...): on a shared machine the speed changes for seconds
+   at a time, and measured one after the other, (a) and (b) could land in different
+   spells. Every run is reported; peak RSS is the highest of them;
 4. (c) ratio (b)/(a) and the verdict against the targets (ratio >= 0.75,
    peak RSS <= 150 MiB), plus the rows found in the SQLite database.
 
@@ -36,6 +40,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,8 +57,11 @@ DEFAULT_OUT = BENCH_DIR / "out" / "ingest.json"
 # --------------------------------------------------------------------------- (a)
 
 
-def bare_parse(paths: list[Path], passes: int) -> dict[str, Any]:
-    """Parse every file with mail-parser ``passes`` times; the best pass counts."""
+def bare_parse(
+    paths: list[Path], passes: int, after_pass: Callable[[], None] = lambda: None
+) -> dict[str, Any]:
+    """Parse every file with mail-parser ``passes`` times; the best pass counts.
+    ``after_pass`` runs after each pass (the end-to-end runs, taken turn about)."""
     try:
         import mailparser
     except ImportError:
@@ -78,6 +86,7 @@ def bare_parse(paths: list[Path], passes: int) -> dict[str, Any]:
                 if i == 0:
                     errors.append(f"{p.name}: {type(e).__name__}: {e}")
         times.append(time.perf_counter() - t0)
+        after_pass()
     del raws
     gc.collect()
     best = min(times)
@@ -292,6 +301,21 @@ def db_rows(db: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- report
 
 
+def best_of(done: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest of the end-to-end runs, with every run's figures under "runs" and the
+    highest peak RSS of them all; a run that did not succeed is the result instead."""
+    failed = [r for r in done if r["status"] != "ok"]
+    if failed:
+        return failed[0]
+    best = dict(min(done, key=lambda r: r["seconds"]))
+    best["runs"] = [
+        {k: r[k] for k in ("seconds", "messages_per_s", "peak_rss_mib", "user_cpu_s", "sys_cpu_s")}
+        for r in done
+    ]
+    best["peak_rss_mib"] = max(r["peak_rss_mib"] for r in done)
+    return best
+
+
 def verdict(
     count: int, parse: dict[str, Any], e2e: dict[str, Any], db: dict[str, Any]
 ) -> dict[str, Any]:
@@ -357,6 +381,13 @@ def print_report(r: dict[str, Any]) -> None:
             f"peak RSS {e['peak_rss_mib']:.1f} MiB{tree_s}, "
             f"cpu {e['user_cpu_s']}+{e['sys_cpu_s']} s"
         )
+        if len(e["runs"]) > 1:
+            runs = ", ".join(f"{run['seconds']:.2f}" for run in e["runs"])
+            ratios = ""
+            if p["status"] == "ok":
+                each = [run["messages_per_s"] / p["messages_per_s"] for run in e["runs"]]
+                ratios = " (ratios " + ", ".join(f"{x:.3f}" for x in each) + ")"
+            print(f"{'    each run':<{w}} {runs} s{ratios}; peak RSS is the highest")
     else:
         secs = f"{e['seconds']:.2f}" if "seconds" in e else "-"
         print(f"{'(b) maild ingest':<{w}} {secs:>9} {'-':>9}  {e['status'].upper()}: {e['error']}")
@@ -413,11 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--maild", help="maild executable (default: next to sys.executable, else PATH)")
     ap.add_argument("--passes", type=int, default=3, help="bare-parse passes, best counts (3)")
+    ap.add_argument("--runs", type=int, default=3, help="maild ingest runs, best counts (3)")
     ap.add_argument("--timeout", type=float, default=1800, help="kill maild after N s (1800)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results ({DEFAULT_OUT})")
     args = ap.parse_args(argv)
-    if args.count < 1 or args.passes < 1:
-        ap.error("--count and --passes must be >= 1")
+    if args.count < 1 or args.passes < 1 or args.runs < 1:
+        ap.error("--count, --passes and --runs must be >= 1")
 
     tmp = None
     if args.workdir:
@@ -435,13 +467,23 @@ def main(argv: list[str] | None = None) -> int:
         paths = corpus.generate(corpus_dir, args.count, args.seed, stats=stats)
         gen_s = time.perf_counter() - t0
 
-        print(f"(a) parsing with mail-parser, {args.passes} passes ...", flush=True)
-        parse = bare_parse(paths, args.passes)
-
-        run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
         exe = find_maild(args.maild)
-        print(f"(b) {exe or 'maild'} ingest {corpus_dir} ...", flush=True)
-        e2e = end_to_end(exe, corpus_dir, run_dir, len(paths), args.timeout)
+        runs: list[dict[str, Any]] = []
+
+        def run_once() -> None:
+            if len(runs) < args.runs and all(r["status"] == "ok" for r in runs):
+                run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
+                runs.append(end_to_end(exe, corpus_dir, run_dir, len(paths), args.timeout))
+
+        print(
+            f"(a) parsing with mail-parser, {args.passes} passes, taking turns with "
+            f"(b) {exe or 'maild'} ingest {corpus_dir}, {args.runs} runs ...",
+            flush=True,
+        )
+        parse = bare_parse(paths, args.passes, after_pass=run_once)
+        while len(runs) < args.runs and all(r["status"] == "ok" for r in runs):
+            run_once()
+        e2e = best_of(runs)
         db = db_rows(Path(e2e["database"])) if e2e["status"] in ("ok", "failed") else {
             "spool_by_state": None, "spool_total": None, "message_count": None, "warnings": []
         }  # fmt: skip
@@ -454,7 +496,12 @@ def main(argv: list[str] | None = None) -> int:
                 "platform": platform.platform(),
                 "cpus": os.cpu_count(),
             },
-            "params": {"count": args.count, "seed": args.seed, "passes": args.passes},
+            "params": {
+                "count": args.count,
+                "seed": args.seed,
+                "passes": args.passes,
+                "runs": args.runs,
+            },
             "targets": {"ratio_min": TARGET_RATIO, "peak_rss_mib_max": TARGET_RSS_MIB},
             "corpus": {
                 "dir": str(corpus_dir) if args.workdir else None,
