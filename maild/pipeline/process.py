@@ -301,10 +301,9 @@ class Processor:
             None if decision.ticket_id is None else queries.current_ticket(conn, decision.ticket_id)
         )
         decision = self._agents.follow_up(conn, decision, mail_class, current, self._clock.now())
-        if decision.ticket_id is None:
-            current = None
 
         if decision.ticket_id is None:
+            current = None  # a follow-up opens a new ticket
             if mail_class in (MailClass.AUTO_REPLY, MailClass.BOUNCE):
                 raise _Unthreaded("classify", f"{mail_class.value} that belongs to no ticket")
             requester = self._requester(mail, envelope)

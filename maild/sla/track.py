@@ -84,12 +84,13 @@ def clocks_of(row: Row[Any]) -> Clocks:
     )
 
 
-def facts_of(row: Row[Any]) -> TicketFacts:
+def facts_of(columns: Mapping[Any, Any], requester_address: str | None) -> TicketFacts:
+    """What policy matching reads of a ticket: its columns, and its requester's domain."""
     return TicketFacts(
-        queue=row.queue,
-        priority=row.priority,
-        type=row.type,
-        customer_domain=str(row.requester_address or "").rpartition("@")[2].lower(),
+        queue=columns["queue"],
+        priority=columns["priority"],
+        type=columns["type"],
+        customer_domain=(requester_address or "").rpartition("@")[2].lower(),
     )
 
 
@@ -144,13 +145,7 @@ class SlaTracker:
         policies = self._policies()
         if not policies.policies:
             return None
-        facts = TicketFacts(
-            queue=fields["queue"],
-            priority=fields["priority"],
-            type=fields["type"],
-            customer_domain=requester_address.rpartition("@")[2].lower(),
-        )
-        policy = policies.choose(fields["sla_policy"], facts)
+        policy = policies.choose(fields["sla_policy"], facts_of(fields, requester_address))
         if policy is None:
             return None
         clocks, events = sla_clocks.update(
@@ -222,7 +217,7 @@ class SlaTracker:
         """Bring the ticket's clocks and `next_sla_check_at` up to date; returns the clocks."""
         row = conn.execute(_ONE_TICKET, {"ticket_id": ticket_id}).one()
         policies = self._policies() if policies is None else policies
-        policy = policies.choose(row.sla_policy, facts_of(row))
+        policy = policies.choose(row.sla_policy, facts_of(row._mapping, row.requester_address))
         before = clocks_of(row)
         if policy is None and before.applied is None and row.next_sla_check_at is None:
             return before  # no service level, before or now
